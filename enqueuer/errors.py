@@ -1,0 +1,155 @@
+"""The one exception tree of spinner-jobs.
+
+Every failure a caller can cause or meet is a :class:`SpinnerError` subclass with a
+one-line message that says what to do. Activities raise Temporal
+``ApplicationError``s whose ``type`` is the name of the matching class here, so a
+failure keeps its meaning across the wire (see :func:`error_type_name`).
+"""
+
+from __future__ import annotations
+
+
+class SpinnerError(Exception):
+    """Base of every error spinner-jobs raises on purpose."""
+
+
+# --- enqueue-side errors -------------------------------------------------------------
+
+
+class InvalidJobError(SpinnerError, ValueError):
+    """The job's parameters are invalid; ``field`` names the offending one."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"invalid job parameter {field!r}: {message}")
+
+
+class WorkbookNotFoundError(SpinnerError, LookupError):
+    """The workbook does not exist or belongs to another organization.
+
+    Both cases give the same message so that nothing leaks across organizations.
+    """
+
+    def __init__(self, workbook_id: str) -> None:
+        self.workbook_id = workbook_id
+        super().__init__(
+            f"workbook {workbook_id!r} not found for this organization; check the id"
+        )
+
+
+class TableNotFoundError(SpinnerError, LookupError):
+    """Requested table ids are not tables of the workbook."""
+
+    def __init__(self, workbook_id: str, table_ids: list[str]) -> None:
+        self.workbook_id = workbook_id
+        self.table_ids = table_ids
+        super().__init__(
+            f"tables {', '.join(table_ids)} are not in workbook {workbook_id!r}; "
+            "pass ids of the workbook's tables or none for all"
+        )
+
+
+class JobNotFoundError(SpinnerError, LookupError):
+    """No job with this id is known to the backend."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} not found; it may have been removed by retention")
+
+
+class JobConflictError(SpinnerError):
+    """A requested table is already being downloaded by another running job."""
+
+    def __init__(self, running_job_id: str, table_ids: list[str]) -> None:
+        self.running_job_id = running_job_id
+        self.table_ids = table_ids
+        super().__init__(
+            f"tables {', '.join(table_ids)} are already being downloaded by job "
+            f"{running_job_id!r}; watch or cancel that job instead"
+        )
+
+
+class QueueFullError(SpinnerError):
+    """The cap on pending jobs is reached."""
+
+    def __init__(self, pending: int, cap: int) -> None:
+        self.pending = pending
+        self.cap = cap
+        super().__init__(
+            f"{pending} jobs are pending (cap {cap}); retry later or raise "
+            "SPINNER_JOBS_MAX_PENDING"
+        )
+
+
+class EnqueueConnectionError(SpinnerError, ConnectionError):
+    """The Temporal server could not be reached within the enqueue timeout."""
+
+    def __init__(self, address: str, detail: str) -> None:
+        self.address = address
+        super().__init__(
+            f"cannot reach the Temporal server at {address} ({detail}); start it "
+            "(`spinner-jobs dev`) or fix SPINNER_TEMPORAL_ADDRESS"
+        )
+
+
+class JobFailedError(SpinnerError):
+    """Raised by ``wait`` when a job ended failed; names the failed tables."""
+
+    def __init__(self, job_id: str, failed_tables: list[str], message: str) -> None:
+        self.job_id = job_id
+        self.failed_tables = failed_tables
+        super().__init__(message)
+
+
+class JobCancelledError(SpinnerError):
+    """Raised by ``wait`` when a job was cancelled."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} was cancelled")
+
+
+# --- source / download errors ----------------------------------------------------------
+
+
+class SourceError(SpinnerError):
+    """A source failed; ``retryable`` says whether trying again can help."""
+
+    retryable: bool = True
+
+
+class SourceUnavailableError(SourceError):
+    """Transient source failure (5xx, timeout, dropped connection, rate limit)."""
+
+    retryable = True
+
+
+class PermanentSourceError(SourceError):
+    """A source failure that retrying cannot fix."""
+
+    retryable = False
+
+
+class SourceAuthError(PermanentSourceError):
+    """The source rejected the credentials (401/403)."""
+
+
+class SourceNotFoundError(PermanentSourceError):
+    """The table is gone at the source (404)."""
+
+
+class SourceRequestError(PermanentSourceError):
+    """The source rejected the request as malformed (400 and other 4xx)."""
+
+
+class InvalidTableConfigError(PermanentSourceError):
+    """The table's connector configuration is invalid."""
+
+
+class TableGoneError(PermanentSourceError):
+    """The table was removed from the catalog while the job was queued."""
+
+
+def error_type_name(error: BaseException) -> str:
+    """Return the ``ApplicationError.type`` used on the wire for ``error``."""
+    return type(error).__name__

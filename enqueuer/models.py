@@ -1,0 +1,276 @@
+"""Pydantic models shared by the enqueuer, workflows, activities and store.
+
+Public inputs and outputs first, then the catalog, then the wire models that travel
+between workflow and activities (one model in and out of each).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+
+NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+JOB_TYPE_DOWNLOAD_RECORDS = "download-records"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- public inputs and outputs -----------------------------------------------------------
+
+
+class Actor(_Model):
+    """Who asks for a job: the user and the organization they act for."""
+
+    user_id: NonEmptyStr
+    organization_id: NonEmptyStr
+
+
+class DownloadRecordsJobInput(_Model):
+    """What a download-records job downloads, as a service asks for it."""
+
+    workbook_id: NonEmptyStr
+    actor: Actor
+    table_ids: list[NonEmptyStr] | None = Field(
+        None, description="Tables to download; None for every table of the workbook."
+    )
+    metadata: dict[str, JsonValue] | None = Field(
+        None, description="Caller's JSON object carried with the job (size-capped)."
+    )
+
+
+class Backend(StrEnum):
+    """Where a job runs."""
+
+    TEMPORAL = "temporal"
+    IN_PROCESS = "in-process"
+
+
+class JobRef(_Model):
+    """Handle returned at once by enqueue."""
+
+    job_id: str
+    run_id: str | None = None
+    workbook_id: str
+    table_ids: list[str]
+    backend: Backend
+
+
+class TableStatus(StrEnum):
+    """Life of one table inside a job."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobStatus(StrEnum):
+    """Life of a job."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TableProgress(_Model):
+    """Progress of one table of a job."""
+
+    table_id: str
+    name: str
+    connector: str
+    records: int = 0
+    status: TableStatus = TableStatus.PENDING
+    attempt: int = 0
+    deleted: int = 0
+    kept_dirty: int = Field(0, description="Records gone at the source but kept: edited locally.")
+    error: str | None = None
+
+
+class JobProgress(_Model):
+    """Progress of a job: total records and per-table state, keyed by table id."""
+
+    job_id: str
+    workbook_id: str
+    status: JobStatus = JobStatus.RUNNING
+    total_records: int = 0
+    tables: dict[str, TableProgress] = Field(default_factory=dict)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def failed_tables(self) -> list[str]:
+        """Ids of the tables that failed."""
+        return [t.table_id for t in self.tables.values() if t.status == TableStatus.FAILED]
+
+    def with_table(self, table: TableProgress) -> JobProgress:
+        """Return a copy with ``table`` replaced and the total recomputed."""
+        tables = {**self.tables, table.table_id: table}
+        return self.model_copy(
+            update={"tables": tables, "total_records": sum(t.records for t in tables.values())}
+        )
+
+
+class JobResult(_Model):
+    """The outcome of a finished job (what ``wait`` returns)."""
+
+    job_id: str
+    status: JobStatus
+    progress: JobProgress
+    failed_tables: list[str] = Field(default_factory=list)
+    duration: timedelta | None = None
+
+
+class EventKind(StrEnum):
+    """Kinds of notification events."""
+
+    PROGRESS = "progress"
+    TABLE_COMPLETED = "table.completed"
+    TABLE_FAILED = "table.failed"
+    JOB_COMPLETED = "job.completed"
+    JOB_FAILED = "job.failed"
+    JOB_CANCELLED = "job.cancelled"
+
+
+class JobEvent(_Model):
+    """A notification: a stable ``event_id`` lets receivers drop redelivered duplicates."""
+
+    event_id: str
+    kind: EventKind
+    job_id: str
+    workbook_id: str
+    table_id: str | None = None
+    records: int | None = None
+    error: str | None = None
+    at: datetime
+    progress: JobProgress | None = None
+
+
+# --- catalog -----------------------------------------------------------------------------
+
+
+class Table(_Model):
+    """A workbook table and where its records come from."""
+
+    id: NonEmptyStr
+    workbook_id: NonEmptyStr
+    name: NonEmptyStr
+    connector: NonEmptyStr
+    config: dict[str, Any] = Field(default_factory=dict)
+    account_id: str | None = Field(None, description="Connector account holding credentials.")
+    locked_by: str | None = Field(None, description="Job id currently downloading the table.")
+    last_synced_at: datetime | None = None
+
+
+class Workbook(_Model):
+    """A workbook of one organization and its tables."""
+
+    id: NonEmptyStr
+    organization_id: NonEmptyStr
+    name: NonEmptyStr
+    tables: list[Table] = Field(default_factory=list)
+
+
+class ConnectorAccount(_Model):
+    """Credentials for a source; read by activities only, never put in a workflow input."""
+
+    id: NonEmptyStr
+    organization_id: NonEmptyStr
+    auth: Literal["bearer", "api_key", "none"] = "none"
+    secret: str = Field("", repr=False)
+    header: str = Field("X-API-Key", description="Header name for api_key auth.")
+
+
+# --- workflow / activity wire models ----------------------------------------------------
+
+
+class RetryOptions(_Model):
+    """The table retry policy, carried in the workflow input."""
+
+    maximum_attempts: int
+    initial_interval: timedelta
+    backoff_coefficient: float
+    maximum_interval: timedelta
+
+
+class DownloadRecordsWorkflowInput(_Model):
+    """Input of DownloadRecordsWorkflow: the job plus the engine options it runs with."""
+
+    job_id: str
+    job: DownloadRecordsJobInput
+    table_ids: list[str]
+    retry: RetryOptions
+    table_parallelism: int
+    heartbeat_timeout: timedelta
+    table_timeout: timedelta
+    notify_webhook: bool = False
+
+
+class ResolveTablesInput(_Model):
+    """Which tables of a workbook a job downloads."""
+
+    job_id: str
+    workbook_id: str
+    table_ids: list[str]
+
+
+class TableRef(_Model):
+    """The public face of a table inside a job (no config, no credentials)."""
+
+    table_id: str
+    name: str
+    connector: str
+
+
+class ResolveTablesResult(_Model):
+    """Tables a job downloads, in catalog order."""
+
+    tables: list[TableRef]
+
+
+class DownloadTableInput(_Model):
+    """One table download of one job."""
+
+    job_id: str
+    workbook_id: str
+    table_id: str
+
+
+class TableCheckpoint(_Model):
+    """Where a table download stands after a committed page (heartbeat details)."""
+
+    cursor: str | None = None
+    records: int = 0
+    pages: int = 0
+    done: bool = False
+
+
+class DownloadTableResult(_Model):
+    """What one table download did."""
+
+    table_id: str
+    records: int
+    pages: int
+    deleted: int
+    kept_dirty: int
+    resumed_from: str | None = None
+
+
+class ReleaseLocksInput(_Model):
+    """Tables whose download lock a job gives back."""
+
+    job_id: str
+    table_ids: list[str]
+
+
+class NotifyInput(_Model):
+    """An event to deliver to the configured sinks."""
+
+    event: JobEvent

@@ -1,0 +1,139 @@
+"""The one settings object, read from ``SPINNER_*`` environment variables.
+
+Nested sections take their section name after the prefix, e.g.
+``SPINNER_TEMPORAL_ADDRESS`` or ``SPINNER_RETRY_INITIAL_INTERVAL=PT2S``. Durations
+accept ISO-8601 (``PT2S``, ``PT1M30S``) or a number of seconds. Settings are built
+once at an entry point (:meth:`Settings.load`) and passed down; nothing else reads
+the environment.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceType(StrEnum):
+    """What a process started with ``spinner-jobs worker`` does."""
+
+    FRONTEND = "frontend"  # enqueue only; no worker
+    WORKER = "worker"  # process jobs only
+    MONOLITH = "monolith"  # both in one process
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TemporalSettings(_Section):
+    """Where the Temporal server is and which queue the jobs use."""
+
+    address: str = Field("localhost:7233", description="host:port of the Temporal frontend.")
+    namespace: str = Field("default", description="Temporal namespace of the jobs.")
+    task_queue: str = Field("spinner-jobs", description="Task queue of workflows and activities.")
+    tls: bool = Field(False, description="Connect with TLS (Temporal Cloud / secured clusters).")
+    api_key: SecretStr | None = Field(None, description="API key for Temporal Cloud, if any.")
+    ui_url: str = Field("http://localhost:8233", description="Web UI base URL, used in links.")
+
+
+class RetrySettings(_Section):
+    """The retry policy of each table download (Temporal ``RetryPolicy``)."""
+
+    maximum_attempts: int = Field(3, ge=1, description="Attempts per table, first included.")
+    initial_interval: timedelta = Field(
+        timedelta(seconds=2), description="Wait before the second attempt."
+    )
+    backoff_coefficient: float = Field(2.0, ge=1.0, description="Growth factor of the wait.")
+    maximum_interval: timedelta = Field(
+        timedelta(minutes=1), description="Longest wait between attempts."
+    )
+
+
+class JobSettings(_Section):
+    """Per-job limits and knobs of download-records jobs."""
+
+    table_parallelism: int = Field(4, ge=1, le=64, description="Tables downloaded at once.")
+    heartbeat_timeout: timedelta = Field(
+        timedelta(seconds=30),
+        description="A table attempt with no heartbeat for this long is retried elsewhere.",
+    )
+    table_timeout: timedelta = Field(
+        timedelta(hours=2), description="Longest single attempt at one table."
+    )
+    max_metadata_bytes: int = Field(
+        16 * 1024, ge=0, description="Largest job metadata, as compact JSON bytes."
+    )
+    max_pending: int = Field(
+        1000, ge=1, description="Cap on running jobs; enqueue raises QueueFullError above it."
+    )
+    progress_interval: timedelta = Field(
+        timedelta(seconds=1), description="Longest delay of live progress (heartbeat throttle)."
+    )
+
+
+class RetentionSettings(_Section):
+    """How many closed jobs to keep, like BullMQ's removeOnComplete/removeOnFail."""
+
+    keep_completed: int = Field(10, ge=0, description="Most recent completed jobs kept.")
+    keep_failed: int = Field(5, ge=0, description="Most recent failed jobs kept.")
+    sweep_interval: timedelta = Field(
+        timedelta(minutes=10), description="How often the retention schedule sweeps."
+    )
+
+
+class WebhookSettings(_Section):
+    """Job and table events POSTed to a URL, signed with HMAC-SHA256."""
+
+    url: str | None = Field(None, description="Receiver URL; no webhook when unset.")
+    secret: SecretStr | None = Field(None, description="Key of the X-Spinner-Signature HMAC.")
+    timeout: timedelta = Field(timedelta(seconds=10), description="Per-delivery timeout.")
+    maximum_attempts: int = Field(10, ge=1, description="Delivery attempts per event.")
+
+
+class Settings(BaseSettings):
+    """All configuration of spinner-jobs, from ``SPINNER_*`` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPINNER_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        frozen=True,
+        extra="ignore",
+    )
+
+    use_jobs: bool = Field(
+        True, description="Run jobs on Temporal; false runs them in the calling process."
+    )
+    service_type: ServiceType = Field(ServiceType.MONOLITH, description="Role of the process.")
+    data_dir: Path = Field(Path("data"), description="Folder of the SQLite files and dev server.")
+    database_url: str | None = Field(
+        None,
+        description="Snapshot store: sqlite:///path or postgresql://...; "
+        "default sqlite under data_dir.",
+    )
+    enqueue_timeout: timedelta = Field(
+        timedelta(seconds=5), description="Longest enqueue call, server connection included."
+    )
+    metrics_port: int | None = Field(None, description="Prometheus /metrics port on the worker.")
+    log_format: Literal["console", "json"] = Field("console", description="Log rendering.")
+    log_level: str = Field("info", description="Lowest log level printed.")
+    temporal: TemporalSettings = TemporalSettings()
+    retry: RetrySettings = RetrySettings()
+    jobs: JobSettings = JobSettings()
+    retention: RetentionSettings = RetentionSettings()
+    webhook: WebhookSettings = WebhookSettings()
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Build settings from the environment, with explicit overrides on top."""
+        return cls(**overrides)  # type: ignore[arg-type]
+
+    @property
+    def store_url(self) -> str:
+        """The snapshot store URL, defaulting to a SQLite file under ``data_dir``."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'spinner.db'}"

@@ -1,0 +1,352 @@
+"""SQLite snapshot store: the embedded default (one file, WAL mode)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from connectors.base import Record
+from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
+from store.base import SyncSummary
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workbooks (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL,
+    name TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workbook_tables (
+    id TEXT PRIMARY KEY,
+    workbook_id TEXT NOT NULL REFERENCES workbooks(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    connector TEXT NOT NULL,
+    config TEXT NOT NULL,
+    account_id TEXT,
+    locked_by TEXT,
+    locked_at TEXT,
+    last_synced_at TEXT
+);
+CREATE INDEX IF NOT EXISTS workbook_tables_workbook ON workbook_tables(workbook_id);
+CREATE INDEX IF NOT EXISTS workbook_tables_locked_by ON workbook_tables(locked_by);
+CREATE TABLE IF NOT EXISTS connector_accounts (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL,
+    auth TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    header TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    table_id TEXT NOT NULL,
+    remote_id TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    dirty INTEGER NOT NULL DEFAULT 0,
+    seen_by TEXT,
+    PRIMARY KEY (table_id, remote_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    table_id TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    cursor TEXT,
+    records INTEGER NOT NULL,
+    pages INTEGER NOT NULL,
+    PRIMARY KEY (table_id, job_id)
+);
+"""
+
+_UPSERT_RECORD = """
+INSERT INTO records (table_id, remote_id, fields, dirty, seen_by) VALUES (?, ?, ?, 0, ?)
+ON CONFLICT (table_id, remote_id) DO UPDATE SET
+    fields = CASE WHEN records.dirty THEN records.fields ELSE excluded.fields END,
+    seen_by = excluded.seen_by
+"""
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class SqliteStore:
+    """Store in one SQLite file; one connection per thread, writes serialized by SQLite."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+
+    # --- connections -----------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        # IMMEDIATE takes the write lock up front, so two writers never deadlock
+        # upgrading read locks.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def migrate(self) -> None:
+        """Create the schema if missing."""
+        self._conn().executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._all_lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # --- catalog ---------------------------------------------------------------------
+
+    def put_workbook(self, workbook: Workbook) -> None:
+        """Create or replace a workbook and its tables (locks and sync times kept)."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO workbooks (id, organization_id, name) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET organization_id = excluded.organization_id, "
+                "name = excluded.name",
+                (workbook.id, workbook.organization_id, workbook.name),
+            )
+            keep = [t.id for t in workbook.tables]
+            marks = ",".join("?" * len(keep)) or "NULL"
+            gone = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM workbook_tables WHERE workbook_id = ? AND id NOT IN ({marks})",
+                    (workbook.id, *keep),
+                )
+            ]
+            for table_id in gone:
+                conn.execute("DELETE FROM records WHERE table_id = ?", (table_id,))
+                conn.execute("DELETE FROM checkpoints WHERE table_id = ?", (table_id,))
+                conn.execute("DELETE FROM workbook_tables WHERE id = ?", (table_id,))
+            for position, table in enumerate(workbook.tables):
+                conn.execute(
+                    "INSERT INTO workbook_tables (id, workbook_id, position, name, connector, "
+                    "config, account_id) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET workbook_id = excluded.workbook_id, "
+                    "position = excluded.position, name = excluded.name, "
+                    "connector = excluded.connector, config = excluded.config, "
+                    "account_id = excluded.account_id",
+                    (
+                        table.id,
+                        workbook.id,
+                        position,
+                        table.name,
+                        table.connector,
+                        _dumps(table.config),
+                        table.account_id,
+                    ),
+                )
+
+    def get_workbook(self, workbook_id: str) -> Workbook | None:
+        """The workbook with its tables, or None."""
+        conn = self._conn()
+        row = conn.execute(
+            "SELECT id, organization_id, name FROM workbooks WHERE id = ?", (workbook_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        tables = [
+            Table(
+                id=t[0],
+                workbook_id=workbook_id,
+                name=t[1],
+                connector=t[2],
+                config=json.loads(t[3]),
+                account_id=t[4],
+                locked_by=t[5],
+                last_synced_at=datetime.fromisoformat(t[6]) if t[6] else None,
+            )
+            for t in conn.execute(
+                "SELECT id, name, connector, config, account_id, locked_by, last_synced_at "
+                "FROM workbook_tables WHERE workbook_id = ? ORDER BY position",
+                (workbook_id,),
+            )
+        ]
+        return Workbook(id=row[0], organization_id=row[1], name=row[2], tables=tables)
+
+    def put_account(self, account: ConnectorAccount) -> None:
+        """Create or replace a connector account."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO connector_accounts "
+                "(id, organization_id, auth, secret, header) VALUES (?, ?, ?, ?, ?)",
+                (account.id, account.organization_id, account.auth, account.secret, account.header),
+            )
+
+    def get_account(self, account_id: str) -> ConnectorAccount | None:
+        """A connector account, or None."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT id, organization_id, auth, secret, header FROM connector_accounts "
+                "WHERE id = ?",
+                (account_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return ConnectorAccount(
+            id=row[0], organization_id=row[1], auth=row[2], secret=row[3], header=row[4]
+        )
+
+    # --- locks -----------------------------------------------------------------------
+
+    def lock_tables(self, table_ids: Sequence[str], job_id: str) -> dict[str, str]:
+        """Lock all tables for ``job_id`` or none; return the conflicting holders."""
+        marks = ",".join("?" * len(table_ids))
+        with self._write() as conn:
+            held = dict(
+                conn.execute(
+                    f"SELECT id, locked_by FROM workbook_tables WHERE id IN ({marks}) "
+                    "AND locked_by IS NOT NULL AND locked_by != ?",
+                    (*table_ids, job_id),
+                ).fetchall()
+            )
+            if held:
+                return held
+            conn.execute(
+                f"UPDATE workbook_tables SET locked_by = ?, locked_at = ? WHERE id IN ({marks})",
+                (job_id, _now_iso(), *table_ids),
+            )
+            return {}
+
+    def unlock_tables(self, table_ids: Sequence[str], job_id: str) -> None:
+        """Release the tables' locks held by ``job_id``."""
+        marks = ",".join("?" * len(table_ids))
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE workbook_tables SET locked_by = NULL, locked_at = NULL "
+                f"WHERE locked_by = ? AND id IN ({marks})",
+                (job_id, *table_ids),
+            )
+
+    def locks_held_by(self, job_id: str) -> list[str]:
+        """Table ids locked by ``job_id``."""
+        rows = self._conn().execute(
+            "SELECT id FROM workbook_tables WHERE locked_by = ? ORDER BY id", (job_id,)
+        )
+        return [r[0] for r in rows]
+
+    # --- records ---------------------------------------------------------------------
+
+    def write_page(
+        self, table_id: str, job_id: str, records: Sequence[Record], checkpoint: TableCheckpoint
+    ) -> None:
+        """Upsert a page and save the checkpoint in one transaction."""
+        rows = [(table_id, r.remote_id, _dumps(r.fields), job_id) for r in records]
+        with self._write() as conn:
+            conn.executemany(_UPSERT_RECORD, rows)
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (table_id, job_id, cursor, records, pages) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (table_id, job_id, checkpoint.cursor, checkpoint.records, checkpoint.pages),
+            )
+
+    def get_checkpoint(self, table_id: str, job_id: str) -> TableCheckpoint | None:
+        """The last committed checkpoint of ``job_id`` on the table."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT cursor, records, pages FROM checkpoints WHERE table_id = ? AND job_id = ?",
+                (table_id, job_id),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return TableCheckpoint(cursor=row[0], records=row[1], pages=row[2])
+
+    def finish_sync(self, table_id: str, job_id: str, synced_at: datetime) -> SyncSummary:
+        """Delete records the source no longer has (unless dirty), stamp, unlock."""
+        with self._write() as conn:
+            kept = conn.execute(
+                "SELECT count(*) FROM records WHERE table_id = ? AND dirty = 1 "
+                "AND (seen_by IS NULL OR seen_by != ?)",
+                (table_id, job_id),
+            ).fetchone()[0]
+            deleted = conn.execute(
+                "DELETE FROM records WHERE table_id = ? AND dirty = 0 "
+                "AND (seen_by IS NULL OR seen_by != ?)",
+                (table_id, job_id),
+            ).rowcount
+            conn.execute(
+                "UPDATE workbook_tables SET last_synced_at = ?, "
+                "locked_by = CASE WHEN locked_by = ? THEN NULL ELSE locked_by END, "
+                "locked_at = CASE WHEN locked_by = ? THEN NULL ELSE locked_at END "
+                "WHERE id = ?",
+                (synced_at.isoformat(), job_id, job_id, table_id),
+            )
+            conn.execute(
+                "DELETE FROM checkpoints WHERE table_id = ? AND job_id = ?", (table_id, job_id)
+            )
+        return SyncSummary(deleted=deleted, kept_dirty=kept)
+
+    # --- reading and local edits -----------------------------------------------------
+
+    def count_records(self, table_id: str) -> int:
+        """Number of records stored for the table."""
+        row = self._conn().execute(
+            "SELECT count(*) FROM records WHERE table_id = ?", (table_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def record_ids(self, table_id: str) -> list[str]:
+        """Remote ids of the table's records, sorted."""
+        rows = self._conn().execute(
+            "SELECT remote_id FROM records WHERE table_id = ? ORDER BY remote_id", (table_id,)
+        )
+        return [r[0] for r in rows]
+
+    def get_record(self, table_id: str, remote_id: str) -> Mapping[str, Any] | None:
+        """A record's fields, or None."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT fields FROM records WHERE table_id = ? AND remote_id = ?",
+                (table_id, remote_id),
+            )
+            .fetchone()
+        )
+        return None if row is None else dict(json.loads(row[0]))
+
+    def edit_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
+        """Edit a record locally and flag it dirty."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO records (table_id, remote_id, fields, dirty) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (table_id, remote_id) DO UPDATE SET fields = excluded.fields, "
+                "dirty = 1",
+                (table_id, remote_id, _dumps(dict(fields))),
+            )
+
+
+def _now_iso() -> str:
+    return datetime.now().astimezone().isoformat()
