@@ -210,7 +210,9 @@ class DownloadRecordsWorkflowInput(_Model):
     table_parallelism: int
     heartbeat_timeout: timedelta
     table_timeout: timedelta
-    notify_webhook: bool = False
+    webhook_retry: RetryOptions | None = Field(
+        None, description="Retry policy of webhook deliveries; None when no webhook is set."
+    )
 
 
 class ResolveTablesInput(_Model):
@@ -230,9 +232,10 @@ class TableRef(_Model):
 
 
 class ResolveTablesResult(_Model):
-    """Tables a job downloads, in catalog order."""
+    """Tables a job downloads, in catalog order, and requested ids no longer there."""
 
     tables: list[TableRef]
+    missing: list[str] = Field(default_factory=list)
 
 
 class DownloadTableInput(_Model):
@@ -246,10 +249,14 @@ class DownloadTableInput(_Model):
 class TableCheckpoint(_Model):
     """Where a table download stands after a committed page (heartbeat details)."""
 
-    cursor: str | None = None
+    cursor: str | None = Field(None, description="Cursor of the next page; None after the last.")
     records: int = 0
     pages: int = 0
-    done: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """True once the last page is committed (pages written, no next cursor)."""
+        return self.pages > 0 and self.cursor is None
 
 
 class DownloadTableResult(_Model):

@@ -1,0 +1,47 @@
+"""spinner-jobs public API: enqueue download-records jobs and follow them."""
+
+from enqueuer.client import Enqueuer
+from enqueuer.errors import (
+    EnqueueConnectionError,
+    InvalidJobError,
+    JobConflictError,
+    JobNotFoundError,
+    QueueFullError,
+    SpinnerError,
+    TableNotFoundError,
+    WorkbookNotFoundError,
+)
+from enqueuer.models import (
+    Actor,
+    EventKind,
+    JobEvent,
+    JobProgress,
+    JobRef,
+    JobResult,
+    JobStatus,
+    TableProgress,
+    TableStatus,
+)
+from enqueuer.settings import Settings
+
+__all__ = [
+    "Actor",
+    "EnqueueConnectionError",
+    "Enqueuer",
+    "EventKind",
+    "InvalidJobError",
+    "JobConflictError",
+    "JobEvent",
+    "JobNotFoundError",
+    "JobProgress",
+    "JobRef",
+    "JobResult",
+    "JobStatus",
+    "QueueFullError",
+    "Settings",
+    "SpinnerError",
+    "TableNotFoundError",
+    "TableProgress",
+    "TableStatus",
+    "WorkbookNotFoundError",
+]

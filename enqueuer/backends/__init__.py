@@ -1,0 +1,1 @@
+"""Where jobs run: on Temporal, or in the calling process when jobs are disabled."""

@@ -1,0 +1,336 @@
+"""The Enqueuer: what services call to enqueue and follow download-records jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import structlog
+from pydantic import ValidationError
+
+from enqueuer.backends.base import JobBackend
+from enqueuer.errors import (
+    InvalidJobError,
+    JobConflictError,
+    QueueFullError,
+    TableNotFoundError,
+    WorkbookNotFoundError,
+)
+from enqueuer.models import (
+    Actor,
+    DownloadRecordsJobInput,
+    DownloadRecordsWorkflowInput,
+    EventKind,
+    JobEvent,
+    JobProgress,
+    JobRef,
+    JobResult,
+    JobStatus,
+    RetryOptions,
+    TableStatus,
+)
+from enqueuer.settings import Settings
+
+if TYPE_CHECKING:
+    from store.base import Store
+
+log = structlog.get_logger(__name__)
+
+_TABLE_EVENTS = {TableStatus.COMPLETED: EventKind.TABLE_COMPLETED, TableStatus.FAILED: EventKind.TABLE_FAILED}
+_JOB_EVENTS = {
+    JobStatus.COMPLETED: EventKind.JOB_COMPLETED,
+    JobStatus.FAILED: EventKind.JOB_FAILED,
+    JobStatus.CANCELLED: EventKind.JOB_CANCELLED,
+}
+
+
+class Enqueuer:
+    """Enqueue download-records jobs and follow them, on Temporal or in-process.
+
+    Build one per process with :meth:`from_env` (or :meth:`from_settings`) and close
+    it with :meth:`aclose` (or ``async with``).
+    """
+
+    def __init__(self, settings: Settings, store: Store, backend: JobBackend) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self._owned: list[Any] = []
+
+    @classmethod
+    def from_env(cls) -> Enqueuer:
+        """Build from ``SPINNER_*`` environment variables (see :class:`Settings`)."""
+        return cls.from_settings(Settings.load())
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: Store | None = None) -> Enqueuer:
+        """Build the backend that ``settings.use_jobs`` selects, over the configured store.
+
+        No connection is made here: the Temporal client connects on first use, within
+        ``settings.enqueue_timeout``.
+        """
+        from store import open_store
+
+        own_store = store is None
+        store = store or open_store(settings.store_url)
+        backend: JobBackend
+        owned: list[Any] = []
+        if settings.use_jobs:
+            from enqueuer.backends.temporal import TemporalBackend
+
+            backend = TemporalBackend(settings.temporal, settings.enqueue_timeout)
+        else:
+            from activities.download import DownloadActivities
+            from activities.notify import WebhookSender
+            from connectors.registry import default_connectors
+            from enqueuer.backends.inprocess import InProcessBackend
+
+            connectors = default_connectors()
+            webhook = None
+            if settings.webhook.url:
+                http = httpx.AsyncClient(timeout=settings.webhook.timeout.total_seconds())
+                owned.append(http)
+                secret = settings.webhook.secret
+                webhook = WebhookSender(
+                    settings.webhook.url, secret.get_secret_value() if secret else None, http
+                )
+            owned.append(connectors)
+            backend = InProcessBackend(
+                DownloadActivities(store, connectors), settings.retention, webhook
+            )
+        enqueuer = cls(settings, store, backend)
+        enqueuer._owned = owned + ([store] if own_store else [])
+        return enqueuer
+
+    async def __aenter__(self) -> Enqueuer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop in-process jobs and close what this enqueuer opened."""
+        await self.backend.aclose()
+        for thing in reversed(self._owned):
+            if hasattr(thing, "aclose"):
+                await thing.aclose()
+            else:
+                thing.close()
+        self._owned.clear()
+
+    # --- enqueue -----------------------------------------------------------------------
+
+    async def enqueue_download_records_job(
+        self,
+        workbook_id: str,
+        actor: Actor | Mapping[str, Any],
+        table_ids: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> JobRef:
+        """Enqueue a download of the workbook's tables and return at once.
+
+        Args:
+            workbook_id: the workbook whose tables to download.
+            actor: who asks (user id + organization id); the workbook must be theirs.
+            table_ids: tables to download; None for all of the workbook's tables.
+            metadata: a JSON object carried with the job (size-capped).
+
+        Returns:
+            The job reference (job id = Temporal workflow id).
+
+        Raises:
+            InvalidJobError: a parameter is invalid (``field`` names it).
+            WorkbookNotFoundError: no such workbook for the actor's organization.
+            TableNotFoundError: table ids not in the workbook.
+            JobConflictError: a table is already being downloaded by a running job.
+            QueueFullError: the pending-jobs cap is reached.
+            EnqueueConnectionError: the Temporal server cannot be reached in time.
+        """
+        job = self._validate(workbook_id, actor, table_ids, metadata)
+        workbook = await asyncio.to_thread(self.store.get_workbook, job.workbook_id)
+        if workbook is None or workbook.organization_id != job.actor.organization_id:
+            raise WorkbookNotFoundError(job.workbook_id)
+        known = [t.id for t in workbook.tables]
+        wanted = list(dict.fromkeys(job.table_ids)) if job.table_ids is not None else known
+        unknown = [t for t in wanted if t not in known]
+        if unknown:
+            raise TableNotFoundError(job.workbook_id, unknown)
+        if not wanted:
+            raise InvalidJobError("table_ids", f"workbook {job.workbook_id!r} has no tables")
+
+        running = await self.backend.count_running()
+        if running >= self.settings.jobs.max_pending:
+            raise QueueFullError(running, self.settings.jobs.max_pending)
+
+        job_id = f"download-records-{uuid.uuid4().hex[:16]}"
+        await self._lock(wanted, job_id)
+        input = self._workflow_input(job_id, job, wanted)
+        summary = (
+            f"Download {len(wanted)} table{'s' * (len(wanted) != 1)} of workbook "
+            f"{job.workbook_id} for user {job.actor.user_id}"
+        )
+        try:
+            run_id = await self.backend.start(input, summary)
+        except BaseException:
+            # Nothing half-started: the locks go back if the job did not start.
+            await asyncio.to_thread(self.store.unlock_tables, wanted, job_id)
+            raise
+        log.info(
+            "job_enqueued",
+            job_id=job_id,
+            workbook_id=job.workbook_id,
+            user_id=job.actor.user_id,
+            tables=len(wanted),
+            backend=self.backend.kind.value,
+        )
+        return JobRef(
+            job_id=job_id,
+            run_id=run_id,
+            workbook_id=job.workbook_id,
+            table_ids=wanted,
+            backend=self.backend.kind,
+        )
+
+    def _validate(
+        self,
+        workbook_id: str,
+        actor: Actor | Mapping[str, Any],
+        table_ids: Sequence[str] | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> DownloadRecordsJobInput:
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidJobError("metadata", "must be a JSON object (a mapping)")
+        try:
+            job = DownloadRecordsJobInput.model_validate(
+                {
+                    "workbook_id": workbook_id,
+                    "actor": actor,
+                    "table_ids": list(table_ids) if table_ids is not None else None,
+                    "metadata": dict(metadata) if metadata is not None else None,
+                }
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise InvalidJobError(field, first["msg"]) from None
+        if job.metadata is not None:
+            size = len(json.dumps(job.metadata, separators=(",", ":")).encode())
+            cap = self.settings.jobs.max_metadata_bytes
+            if size > cap:
+                raise InvalidJobError("metadata", f"{size} bytes of JSON, over the {cap}-byte cap")
+        if job.table_ids is not None and not job.table_ids:
+            raise InvalidJobError("table_ids", "empty list; pass None for all tables")
+        return job
+
+    async def _lock(self, table_ids: list[str], job_id: str) -> None:
+        """Lock the tables for ``job_id``; locks of jobs that are gone are taken over."""
+        for _ in range(2):
+            held = await asyncio.to_thread(self.store.lock_tables, table_ids, job_id)
+            if not held:
+                return
+            holders = sorted(set(held.values()))
+            alive = [h for h in holders if await self.backend.is_running(h)]
+            if alive:
+                tables = [t for t, h in held.items() if h == alive[0]]
+                raise JobConflictError(alive[0], tables)
+            # The holders closed without releasing (e.g. terminated): the locks are stale.
+            for holder in holders:
+                stale = [t for t, h in held.items() if h == holder]
+                log.warning("stale_lock_released", job_id=holder, tables=stale)
+                await asyncio.to_thread(self.store.unlock_tables, stale, holder)
+        raise JobConflictError(holders[0], list(held))
+
+    def _workflow_input(
+        self, job_id: str, job: DownloadRecordsJobInput, table_ids: list[str]
+    ) -> DownloadRecordsWorkflowInput:
+        s = self.settings
+        webhook_retry = None
+        if s.webhook.url:
+            webhook_retry = RetryOptions(
+                maximum_attempts=s.webhook.maximum_attempts,
+                initial_interval=s.retry.initial_interval,
+                backoff_coefficient=s.retry.backoff_coefficient,
+                maximum_interval=s.retry.maximum_interval,
+            )
+        return DownloadRecordsWorkflowInput(
+            job_id=job_id,
+            job=job,
+            table_ids=table_ids,
+            retry=RetryOptions(**s.retry.model_dump()),
+            table_parallelism=s.jobs.table_parallelism,
+            heartbeat_timeout=s.jobs.heartbeat_timeout,
+            table_timeout=s.jobs.table_timeout,
+            webhook_retry=webhook_retry,
+        )
+
+    # --- follow ------------------------------------------------------------------------
+
+    async def progress(self, job_id: str) -> JobProgress:
+        """Live progress: total records and per-table name, connector, count, status."""
+        return await self.backend.progress(job_id)
+
+    async def wait(self, job_id: str) -> JobResult:
+        """Wait until the job closes; its result says completed, failed or cancelled."""
+        return await self.backend.wait(job_id)
+
+    async def cancel(self, job_id: str) -> None:
+        """Stop the job; its table locks are released."""
+        await self.backend.cancel(job_id)
+        log.info("job_cancel_requested", job_id=job_id)
+
+    async def events(self, job_id: str, *, interval: float = 0.5) -> AsyncIterator[JobEvent]:
+        """Yield progress and completion events until the job closes.
+
+        Progress events come when counts or statuses change; each table's completion
+        or failure and the job's end come once, with stable event ids.
+        """
+        statuses: dict[str, TableStatus] = {}
+        last: JobProgress | None = None
+        seq = 0
+        while True:
+            progress = await self.progress(job_id)
+            now = datetime.now(UTC)
+            if last is None or progress != last:
+                seq += 1
+                yield JobEvent(
+                    event_id=f"{job_id}:progress:{seq}",
+                    kind=EventKind.PROGRESS,
+                    job_id=job_id,
+                    workbook_id=progress.workbook_id,
+                    records=progress.total_records,
+                    at=now,
+                    progress=progress,
+                )
+            for table in progress.tables.values():
+                kind = _TABLE_EVENTS.get(table.status)
+                if kind and statuses.get(table.table_id) != table.status:
+                    yield JobEvent(
+                        event_id=f"{job_id}:{kind.value}:{table.table_id}",
+                        kind=kind,
+                        job_id=job_id,
+                        workbook_id=progress.workbook_id,
+                        table_id=table.table_id,
+                        records=table.records,
+                        error=table.error,
+                        at=now,
+                    )
+                statuses[table.table_id] = table.status
+            if progress.status in _JOB_EVENTS:
+                kind = _JOB_EVENTS[progress.status]
+                yield JobEvent(
+                    event_id=f"{job_id}:{kind.value}",
+                    kind=kind,
+                    job_id=job_id,
+                    workbook_id=progress.workbook_id,
+                    records=progress.total_records,
+                    at=now,
+                    progress=progress,
+                )
+                return
+            last = progress
+            await asyncio.sleep(interval)

@@ -1,0 +1,35 @@
+"""Names that travel over the wire: workflow/activity names and search attributes.
+
+Defined once here so a rename in code never breaks a running history, and every side
+(enqueuer, worker, tests, dev server flags) agrees on them.
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+WORKFLOW_DOWNLOAD_RECORDS = "download-records"
+WORKFLOW_RETENTION_SWEEP = "retention-sweep"
+
+ACTIVITY_RESOLVE_TABLES = "resolve-tables"
+ACTIVITY_DOWNLOAD_TABLE = "download-table"
+ACTIVITY_RELEASE_LOCKS = "release-locks"
+ACTIVITY_NOTIFY = "notify"
+
+QUERY_PROGRESS = "progress"
+
+SA_WORKBOOK_ID = SearchAttributeKey.for_keyword("WorkbookId")
+SA_USER_ID = SearchAttributeKey.for_keyword("UserId")
+SA_ORGANIZATION_ID = SearchAttributeKey.for_keyword("OrganizationId")
+SA_JOB_TYPE = SearchAttributeKey.for_keyword("JobType")
+
+SEARCH_ATTRIBUTES = (SA_WORKBOOK_ID, SA_USER_ID, SA_ORGANIZATION_ID, SA_JOB_TYPE)
+"""Custom search attributes the engine sets on every job (all Keyword)."""
+
+
+def dev_server_search_attribute_flags() -> list[str]:
+    """``temporal server start-dev`` flags registering :data:`SEARCH_ATTRIBUTES`."""
+    flags: list[str] = []
+    for key in SEARCH_ATTRIBUTES:
+        flags += ["--search-attribute", f"{key.name}=Keyword"]
+    return flags

@@ -1,0 +1,108 @@
+"""Shared fixtures: real Temporal servers from the wheels, real stores, workbook factories."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from connectors.registry import ConnectorRegistry, default_connectors
+from enqueuer import wire
+from enqueuer.logs import configure_logging
+from enqueuer.models import Table, Workbook
+from enqueuer.settings import Settings
+from store.sqlite import SqliteStore
+from worker.devserver import ensure_search_attributes, temporal_cli, temporal_test_server
+
+configure_logging("console", "warning")
+
+
+@pytest.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """One time-skipping test server for the session (tests run one at a time)."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=str(temporal_test_server()),
+    )
+    await ensure_search_attributes(env.client)
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """One real dev server (in-memory) for the session's integration tests."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=wire.SEARCH_ATTRIBUTES,
+        dev_server_log_level="error",
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    """A fresh task queue per test, so workers of different tests never mix."""
+    return f"tq-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, task_queue: str) -> Settings:
+    """Settings for tests: fast retries, a private data folder and task queue."""
+    return Settings(
+        data_dir=tmp_path,
+        temporal={"task_queue": task_queue},
+        retry={"initial_interval": timedelta(milliseconds=100), "maximum_interval": timedelta(seconds=1)},
+        jobs={"progress_interval": timedelta(milliseconds=200), "heartbeat_timeout": timedelta(seconds=10)},
+    )
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
+    """A fresh SQLite store in the test's folder."""
+    store = SqliteStore(tmp_path / "store.db")
+    store.migrate()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def connectors() -> ConnectorRegistry:
+    """The built-in connectors."""
+    return default_connectors()
+
+
+WorkbookFactory = Callable[..., Workbook]
+
+
+@pytest.fixture
+def make_workbook(sqlite_store: SqliteStore) -> WorkbookFactory:
+    """Create a demo workbook in the store: ``make_workbook(t1={...demo config}, ...)``."""
+
+    def make(org: str = "org_1", **tables: dict[str, Any]) -> Workbook:
+        wb_id = f"wb_{uuid.uuid4().hex[:8]}"
+        workbook = Workbook(
+            id=wb_id,
+            organization_id=org,
+            name="Test workbook",
+            tables=[
+                Table(id=f"{wb_id}_{name}", workbook_id=wb_id, name=name, connector="demo", config=cfg)
+                for name, cfg in tables.items()
+            ],
+        )
+        sqlite_store.put_workbook(workbook)
+        return workbook
+
+    return make

@@ -1,0 +1,103 @@
+"""The worker process: real clients wired into activity instances."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import httpx
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.download import DownloadActivities
+from activities.notify import NotifyActivities, WebhookSender
+from connectors.registry import ConnectorRegistry, default_connectors
+from enqueuer.settings import Settings
+from store import Store, open_store
+from workflows.download_records import DownloadRecordsWorkflow
+
+log = structlog.get_logger(__name__)
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    store: Store,
+    connectors: ConnectorRegistry,
+    webhook: WebhookSender | None = None,
+    *,
+    task_queue: str | None = None,
+) -> Worker:
+    """A worker running the download-records workflow and its activities.
+
+    Args:
+        client: connected client (pydantic data converter).
+        settings: engine settings.
+        store: snapshot store the activities write to.
+        connectors: sources the activities read from.
+        webhook: notification sink, if configured.
+        task_queue: override of ``settings.temporal.task_queue`` (tests).
+    """
+    download = DownloadActivities(store, connectors)
+    notify = NotifyActivities(webhook)
+    progress = settings.jobs.progress_interval
+    return Worker(
+        client,
+        task_queue=task_queue or settings.temporal.task_queue,
+        workflows=[DownloadRecordsWorkflow],
+        activities=[
+            download.resolve_tables,
+            download.download_table,
+            download.release_locks,
+            notify.notify,
+        ],
+        # Heartbeat details carry live progress; let them through about once a second.
+        max_heartbeat_throttle_interval=progress,
+        default_heartbeat_throttle_interval=progress,
+        max_concurrent_activities=max(8, settings.jobs.table_parallelism * 4),
+        graceful_shutdown_timeout=timedelta(seconds=5),
+    )
+
+
+@asynccontextmanager
+async def worker_resources(
+    settings: Settings, store: Store | None = None
+) -> AsyncIterator[tuple[Store, ConnectorRegistry, WebhookSender | None]]:
+    """Open the store, connectors and webhook client a worker needs; close them after."""
+    own_store = store is None
+    store = store or open_store(settings.store_url)
+    connectors = default_connectors()
+    http: httpx.AsyncClient | None = None
+    webhook = None
+    if settings.webhook.url:
+        http = httpx.AsyncClient(timeout=settings.webhook.timeout.total_seconds())
+        secret = settings.webhook.secret
+        webhook = WebhookSender(
+            settings.webhook.url, secret.get_secret_value() if secret else None, http
+        )
+    try:
+        yield store, connectors, webhook
+    finally:
+        await connectors.aclose()
+        if http is not None:
+            await http.aclose()
+        if own_store:
+            store.close()
+
+
+async def run_worker(settings: Settings, client: Client, stop: asyncio.Event) -> None:
+    """Run a worker until ``stop`` is set."""
+    async with worker_resources(settings) as (store, connectors, webhook):
+        worker = build_worker(client, settings, store, connectors, webhook)
+        log.info(
+            "worker_started",
+            task_queue=settings.temporal.task_queue,
+            address=settings.temporal.address,
+            store=store.url,
+        )
+        async with worker:
+            await stop.wait()
+        log.info("worker_stopped")
