@@ -82,13 +82,18 @@ class _WorkflowOps:
         )
 
     async def resolve_tables(self, input: ResolveTablesInput) -> ResolveTablesResult:
-        return await workflow.execute_activity_method(
-            DownloadActivities.resolve_tables,
-            input,
-            start_to_close_timeout=_SHORT,
-            retry_policy=_SHORT_RETRY,
-            summary=f"Resolve {len(input.table_ids)} tables of workbook {input.workbook_id}",
-        )
+        try:
+            return await workflow.execute_activity_method(
+                DownloadActivities.resolve_tables,
+                input,
+                start_to_close_timeout=_SHORT,
+                retry_policy=_SHORT_RETRY,
+                summary=f"Resolve {len(input.table_ids)} tables of workbook {input.workbook_id}",
+            )
+        except ActivityError as exc:
+            if is_cancelled_exception(exc):
+                raise asyncio.CancelledError from exc
+            raise
 
     async def download_table(self, input: DownloadTableInput) -> DownloadTableResult:
         try:

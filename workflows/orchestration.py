@@ -85,23 +85,23 @@ class JobRun:
             asyncio.CancelledError: the job was cancelled; locks are released first.
         """
         job = self._input
-        resolved = await self._ops.resolve_tables(
-            ResolveTablesInput(
-                job_id=job.job_id, workbook_id=job.job.workbook_id, table_ids=job.table_ids
-            )
-        )
-        for ref in resolved.tables:
-            self._set(ref.table_id, name=ref.name, connector=ref.connector)
-        for table_id in resolved.missing:
-            await self._table_failed(table_id, "table is no longer in the workbook")
-        if resolved.missing:
-            await self._ops.release_locks(
-                ReleaseLocksInput(job_id=job.job_id, table_ids=resolved.missing)
-            )
-
-        gate = asyncio.Semaphore(job.table_parallelism)
-        tasks = [asyncio.create_task(self._download(ref, gate)) for ref in resolved.tables]
+        tasks: list[asyncio.Task[None]] = []
         try:
+            resolved = await self._ops.resolve_tables(
+                ResolveTablesInput(
+                    job_id=job.job_id, workbook_id=job.job.workbook_id, table_ids=job.table_ids
+                )
+            )
+            for ref in resolved.tables:
+                self._set(ref.table_id, name=ref.name, connector=ref.connector)
+            for table_id in resolved.missing:
+                await self._table_failed(table_id, "table is no longer in the workbook")
+            if resolved.missing:
+                await self._ops.release_locks(
+                    ReleaseLocksInput(job_id=job.job_id, table_ids=resolved.missing)
+                )
+            gate = asyncio.Semaphore(job.table_parallelism)
+            tasks = [asyncio.create_task(self._download(ref, gate)) for ref in resolved.tables]
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             for task in tasks:
