@@ -41,7 +41,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-_TABLE_EVENTS = {TableStatus.COMPLETED: EventKind.TABLE_COMPLETED, TableStatus.FAILED: EventKind.TABLE_FAILED}
+_TABLE_EVENTS = {
+    TableStatus.COMPLETED: EventKind.TABLE_COMPLETED,
+    TableStatus.FAILED: EventKind.TABLE_FAILED,
+}
 _JOB_EVENTS = {
     JobStatus.COMPLETED: EventKind.JOB_COMPLETED,
     JobStatus.FAILED: EventKind.JOB_FAILED,
@@ -150,6 +153,7 @@ class Enqueuer:
             JobConflictError: a table is already being downloaded by a running job.
             QueueFullError: the pending-jobs cap is reached.
             EnqueueConnectionError: the Temporal server cannot be reached in time.
+
         """
         job = self._validate(workbook_id, actor, table_ids, metadata)
         workbook = await asyncio.to_thread(self.store.get_workbook, job.workbook_id)

@@ -32,9 +32,7 @@ class WorkbookNotFoundError(SpinnerError, LookupError):
 
     def __init__(self, workbook_id: str) -> None:
         self.workbook_id = workbook_id
-        super().__init__(
-            f"workbook {workbook_id!r} not found for this organization; check the id"
-        )
+        super().__init__(f"workbook {workbook_id!r} not found for this organization; check the id")
 
 
 class TableNotFoundError(SpinnerError, LookupError):
@@ -76,8 +74,7 @@ class QueueFullError(SpinnerError):
         self.pending = pending
         self.cap = cap
         super().__init__(
-            f"{pending} jobs are pending (cap {cap}); retry later or raise "
-            "SPINNER_JOBS_MAX_PENDING"
+            f"{pending} jobs are pending (cap {cap}); retry later or raise SPINNER_JOBS_MAX_PENDING"
         )
 
 

@@ -22,6 +22,7 @@ def configure_logging(
         fmt: ``console`` for people, ``json`` for log shippers.
         level: lowest level printed.
         stream: where to write (default ``sys.stderr``).
+
     """
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

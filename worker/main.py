@@ -40,6 +40,7 @@ def build_worker(
         connectors: sources the activities read from.
         webhook: notification sink, if configured.
         task_queue: override of ``settings.temporal.task_queue`` (tests).
+
     """
     download = DownloadActivities(store, connectors)
     notify = NotifyActivities(webhook)

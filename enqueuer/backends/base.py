@@ -22,6 +22,7 @@ class JobBackend(Protocol):
 
         Raises:
             EnqueueConnectionError: the backend cannot be reached in time.
+
         """
         ...
 

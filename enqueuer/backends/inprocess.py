@@ -76,7 +76,9 @@ class InProcessBackend:
         job.run = JobRun(input, _LocalOps(input, self._activities, job, self._webhook))
         job.task = asyncio.create_task(self._run(job), name=f"job:{input.job_id}")
         self._jobs[input.job_id] = job
-        log.info("job_started", job_id=input.job_id, workbook_id=input.job.workbook_id, summary=summary)
+        log.info(
+            "job_started", job_id=input.job_id, workbook_id=input.job.workbook_id, summary=summary
+        )
         return None
 
     async def _run(self, job: _Job) -> None:
@@ -100,7 +102,9 @@ class InProcessBackend:
             JobStatus.FAILED: self._retention.keep_failed,
         }
         for status, limit in keep.items():
-            closed = [jid for jid, j in self._jobs.items() if j.result and j.result.status == status]
+            closed = [
+                jid for jid, j in self._jobs.items() if j.result and j.result.status == status
+            ]
             for job_id in closed[: max(0, len(closed) - limit)]:
                 del self._jobs[job_id]
 
@@ -222,7 +226,9 @@ class _LocalOps:
                 await self._webhook.send(event)
                 return
             except Exception as exc:
-                log.warning("webhook_failed", event_id=event.event_id, attempt=attempt, error=str(exc))
+                log.warning(
+                    "webhook_failed", event_id=event.event_id, attempt=attempt, error=str(exc)
+                )
                 if attempt < retry.maximum_attempts:
                     await asyncio.sleep(backoff_delay(retry, attempt))
 

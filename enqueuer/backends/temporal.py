@@ -68,6 +68,7 @@ class TemporalBackend:
 
         Raises:
             EnqueueConnectionError: no server answered within the timeout.
+
         """
         if self._client is None:
             async with self._connecting:
@@ -125,14 +126,17 @@ class TemporalBackend:
         client = await self.client()
         handle = client.get_workflow_handle(job_id)
         try:
-            progress, description = await asyncio.gather(
-                handle.query(wire.QUERY_PROGRESS, result_type=JobProgress, rpc_timeout=self._timeout),
+            queried, description = await asyncio.gather(
+                handle.query(
+                    wire.QUERY_PROGRESS, result_type=JobProgress, rpc_timeout=self._timeout
+                ),
                 handle.describe(rpc_timeout=self._timeout),
             )
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise JobNotFoundError(job_id) from exc
             raise
+        progress: JobProgress = queried
         for pending in description.raw_description.pending_activities:
             if pending.activity_type.name != wire.ACTIVITY_DOWNLOAD_TABLE:
                 continue
@@ -156,7 +160,8 @@ class TemporalBackend:
         client = await self.client()
         handle = client.get_workflow_handle(job_id, result_type=JobResult)
         try:
-            return await handle.result()
+            result: JobResult = await handle.result()
+            return result
         except WorkflowFailureError as exc:
             if isinstance(exc.cause, CancelledError):
                 progress = await self.progress(job_id)

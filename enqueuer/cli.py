@@ -1,0 +1,383 @@
+"""The ``spinner-jobs`` command line: run workers and the dev stack, enqueue and watch jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import structlog
+import typer
+from typer.exceptions import TyperException
+from rich.console import Console
+
+from enqueuer.client import Enqueuer
+from enqueuer.errors import SpinnerError
+from enqueuer.logs import configure_logging
+from enqueuer.models import Actor, JobStatus, Table, Workbook
+from enqueuer.settings import ServiceType, Settings
+from enqueuer.watch import summary_table, watch_job
+
+app = typer.Typer(
+    help="spinner-jobs: durable background jobs on Temporal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    settings = Settings.load()
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+async def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM, so long-running commands stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker (SPINNER_SERVICE_TYPE=worker or monolith) until Ctrl-C / SIGTERM."""
+    settings = _settings()
+    if settings.service_type == ServiceType.FRONTEND:
+        raise typer.BadParameter(
+            "SPINNER_SERVICE_TYPE=frontend only enqueues; use worker or monolith to process jobs"
+        )
+    _run(_worker(settings))
+
+
+async def _worker(settings: Settings) -> None:
+    from enqueuer.backends.temporal import TemporalBackend
+    from worker.devserver import ensure_search_attributes
+    from worker.main import run_worker
+
+    stop = await _stop_on_signals()
+    client = await TemporalBackend(settings.temporal, settings.enqueue_timeout).client()
+    await ensure_search_attributes(client)
+    await run_worker(settings, client, stop)
+
+
+@app.command()
+def dev() -> None:
+    """Start the Temporal dev server (Web UI on :8233, SQLite in the data folder) and a worker."""
+    settings = _settings()
+    _run(_dev(settings))
+
+
+async def _dev(settings: Settings) -> None:
+    from enqueuer.backends.temporal import TemporalBackend
+    from worker.main import run_worker
+
+    stop = await _stop_on_signals()
+    async with _dev_server(settings):
+        client = await TemporalBackend(settings.temporal, settings.enqueue_timeout).client()
+        console.print(f"Web UI: {settings.temporal.ui_url}   (Ctrl-C stops everything)")
+        await run_worker(settings, client, stop)
+
+
+class _dev_server:  # noqa: N801 - used as a context manager
+    """Reuse a running Temporal server at the configured address, or start the dev server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.server: Any = None
+
+    async def __aenter__(self) -> _dev_server:
+        from enqueuer.backends.temporal import connect_client
+        from worker.devserver import DevServer, ensure_search_attributes, port_open
+
+        t = self.settings.temporal
+        if port_open(t.address):
+            console.print(f"Using the Temporal server already running at {t.address}")
+        else:
+            data = self.settings.data_dir
+            console.print(f"Starting the Temporal dev server at {t.address} (data in {data}/)")
+            self.server = await DevServer.start(
+                t.address,
+                ui_port=int(t.ui_url.rsplit(":", 1)[-1].split("/")[0]),
+                db_file=data / "temporal.db",
+                namespace=t.namespace,
+                log_file=data / "temporal.log",
+            )
+        client = await connect_client(t)
+        await ensure_search_attributes(client)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.server is not None:
+            console.print("Stopping the Temporal dev server")
+            self.server.stop()
+
+
+# --- the main demo -------------------------------------------------------------------
+
+
+DEMO_TABLES = {
+    "customers": 30_000,
+    "orders": 40_000,
+    "invoices": 20_000,
+    "products": 6_000,
+    "events": 4_000,
+}
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        bool | None,
+        typer.Option(help="Keep the dev server and worker up afterwards (default: on a terminal)."),
+    ] = None,
+    scale: Annotated[float, typer.Option(help="Multiply the demo's record counts.")] = 1.0,
+) -> None:
+    """Download a demo workbook (~100k records) through dev server + worker, with live progress."""
+    settings = _settings()
+    _run(_demo(settings, keep if keep is not None else sys.stdin.isatty(), scale))
+
+
+async def _demo(settings: Settings, keep: bool, scale: float) -> None:
+    from connectors.sample_api import SampleApi, SampleTable, Style, sample_table_config
+    from enqueuer.backends.temporal import TemporalBackend
+    from store import open_store
+    from worker.main import build_worker, worker_resources
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Logs go to a file so the progress bars stay readable.
+    log_path = settings.data_dir / "demo.log"
+    log_file = open(log_path, "a")  # noqa: SIM115, ASYNC230
+    configure_logging(settings.log_format, "info", stream=log_file)
+    counts = {name: max(1, int(n * scale)) for name, n in DEMO_TABLES.items()}
+    styles: list[Style] = ["cursor", "json_link", "header_link", "offset", "page_number"]
+    api = SampleApi(
+        {
+            name: SampleTable(records=n, style=style)
+            for (name, n), style in zip(counts.items(), styles, strict=True)
+        }
+    )
+    base_url = api.start()
+    console.print(f"Sample REST source serving {len(counts)} tables at {base_url}")
+    store = open_store(settings.store_url)
+    try:
+        async with _dev_server(settings):
+            client = await TemporalBackend(settings.temporal, settings.enqueue_timeout).client()
+            workbook = Workbook(
+                id="wb_demo",
+                organization_id="org_demo",
+                name="Demo workbook",
+                tables=[
+                    Table(
+                        id=f"tbl_{name}",
+                        workbook_id="wb_demo",
+                        name=name,
+                        connector="http",
+                        config=sample_table_config(base_url, name, style),
+                    )
+                    for name, style in zip(counts, styles, strict=True)
+                ],
+            )
+            await asyncio.to_thread(store.put_workbook, workbook)
+            async with (
+                worker_resources(settings, store) as (st, connectors, webhook),
+                build_worker(client, settings, st, connectors, webhook),
+            ):
+                backend = TemporalBackend(
+                    settings.temporal, settings.enqueue_timeout, client=client
+                )
+                enqueuer = Enqueuer(settings, store, backend)
+                began = time.monotonic()
+                ref = await enqueuer.enqueue_download_records_job(
+                    workbook.id,
+                    Actor(user_id="u_demo", organization_id="org_demo"),
+                    metadata={"started_by": "spinner-jobs demo"},
+                )
+                console.print(
+                    f"Enqueued job [bold]{ref.job_id}[/] in "
+                    f"{(time.monotonic() - began) * 1000:.0f} ms; downloading:"
+                )
+                expected = {f"tbl_{name}": n for name, n in counts.items()}
+                final = await watch_job(enqueuer, ref.job_id, console, expected=expected)
+                seconds = time.monotonic() - began
+                console.print(summary_table(final, seconds))
+                ns = settings.temporal.namespace
+                console.print(
+                    f"See it in the Web UI: {settings.temporal.ui_url}/namespaces/{ns}/workflows/"
+                    f"{ref.job_id}\n  or list jobs by workbook: "
+                    f"{settings.temporal.ui_url}/namespaces/{ns}/workflows?query=WorkbookId%3D%22wb_demo%22"
+                    f"\nLogs: {log_path}   Store: {store.url}"
+                )
+                if final.status != JobStatus.COMPLETED:
+                    raise typer.Exit(1)
+                if keep:
+                    console.print("Dev server and worker stay up; Ctrl-C stops everything.")
+                    stop = await _stop_on_signals()
+                    await stop.wait()
+    finally:
+        api.stop()
+        store.close()
+        log_file.close()
+
+
+# --- catalog -----------------------------------------------------------------------------
+
+
+@app.command("create-workbook")
+def create_workbook(
+    workbook_id: Annotated[str, typer.Argument(help="Id of the new workbook.")],
+    org: Annotated[str, typer.Option(help="Organization owning it.")],
+    tables: Annotated[int, typer.Option(help="Number of demo tables.")] = 3,
+    records: Annotated[int, typer.Option(help="Records per demo table.")] = 10_000,
+    page_size: Annotated[int, typer.Option(help="Records per page.")] = 500,
+    from_file: Annotated[
+        Path | None, typer.Option(help="JSON file of a whole Workbook (any connectors) instead.")
+    ] = None,
+) -> None:
+    """Create (or replace) a workbook: demo tables, or any tables from a JSON file."""
+    settings = _settings()
+    from store import open_store
+
+    if from_file is not None:
+        workbook = Workbook.model_validate_json(from_file.read_text())
+    else:
+        workbook = Workbook(
+            id=workbook_id,
+            organization_id=org,
+            name=workbook_id,
+            tables=[
+                Table(
+                    id=f"{workbook_id}_t{i}",
+                    workbook_id=workbook_id,
+                    name=f"table {i}",
+                    connector="demo",
+                    config={"records": records, "page_size": page_size, "seed": i},
+                )
+                for i in range(1, tables + 1)
+            ],
+        )
+    store = open_store(settings.store_url)
+    try:
+        store.put_workbook(workbook)
+    finally:
+        store.close()
+    console.print(f"workbook {workbook.id}: {', '.join(t.id for t in workbook.tables)}")
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+@app.command()
+def enqueue(
+    workbook_id: Annotated[str, typer.Argument(help="Workbook whose tables to download.")],
+    user: Annotated[str, typer.Option(help="Id of the user asking.")],
+    org: Annotated[str, typer.Option(help="Organization of the user.")],
+    table: Annotated[list[str] | None, typer.Option(help="Table id (repeat); default all.")] = None,
+    metadata: Annotated[str | None, typer.Option(help="JSON object carried with the job.")] = None,
+    watch: Annotated[bool, typer.Option(help="Follow the job with progress bars.")] = False,
+) -> None:
+    """Enqueue a download-records job and print its id."""
+    settings = _settings()
+    meta = json.loads(metadata) if metadata else None
+    _run(
+        _enqueue(
+            settings, workbook_id, Actor(user_id=user, organization_id=org), table, meta, watch
+        )
+    )
+
+
+async def _enqueue(
+    settings: Settings,
+    workbook_id: str,
+    actor: Actor,
+    tables: list[str] | None,
+    metadata: Any,
+    watch: bool,
+) -> None:
+    async with Enqueuer.from_settings(settings) as enqueuer:
+        ref = await enqueuer.enqueue_download_records_job(workbook_id, actor, tables, metadata)
+        console.print(ref.job_id)
+        # In-process jobs live in this process: stay until they finish.
+        if watch or not settings.use_jobs:
+            final = await watch_job(enqueuer, ref.job_id, console)
+            console.print(summary_table(final))
+
+
+@app.command()
+def status(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Print a job's progress as JSON."""
+    settings = _settings()
+
+    async def show() -> None:
+        async with Enqueuer.from_settings(settings) as enqueuer:
+            progress = await enqueuer.progress(job_id)
+            console.print_json(progress.model_dump_json())
+
+    _run(show())
+
+
+@app.command()
+def watch(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Follow a job with live per-table progress bars until it closes."""
+    settings = _settings()
+
+    async def follow() -> None:
+        async with Enqueuer.from_settings(settings) as enqueuer:
+            final = await watch_job(enqueuer, job_id, console)
+            console.print(summary_table(final))
+
+    _run(follow())
+
+
+@app.command()
+def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Cancel a job; its table locks are released."""
+    settings = _settings()
+
+    async def stop() -> None:
+        async with Enqueuer.from_settings(settings) as enqueuer:
+            await enqueuer.cancel(job_id)
+            console.print(f"cancel requested for {job_id}")
+
+    _run(stop())
+
+
+def main() -> None:
+    """Console-script entry point; leaves with ``os._exit`` (see the SDK exit hazard)."""
+    code = 0
+    try:
+        result = app(standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except TyperException as exc:
+        console.print(f"[red]error:[/] {exc.format_message()}")
+        code = exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    except SpinnerError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        code = 1
+    # The Temporal SDK's threads can abort the interpreter at exit after the work is done;
+    # flush and leave directly with the real status.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
