@@ -79,6 +79,9 @@ class SqliteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        # One writer at a time inside this process: SQLite's own busy handler backs off
+        # with sleeps of up to 100 ms, which ruins latency under concurrent writers.
+        self._write_lock = threading.Lock()
 
     # --- connections -----------------------------------------------------------------
 
@@ -99,15 +102,16 @@ class SqliteStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        # IMMEDIATE takes the write lock up front, so two writers never deadlock
-        # upgrading read locks.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write_lock:
+            # IMMEDIATE takes the write lock up front, so two writers never deadlock
+            # upgrading read locks.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def migrate(self) -> None:
         """Create the schema if missing."""

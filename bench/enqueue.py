@@ -1,0 +1,144 @@
+"""Enqueue latency and throughput: spinner-jobs' enqueue vs. bare ``start_workflow``.
+
+Both run in the same process against the same dev server (SQLite file, WAL) started
+here, with no worker polling (only the enqueue path is measured). The bare baseline
+starts the same workflow with the same input and search attributes, but skips what
+the engine adds: validation, the workbook/table lookup and the table download locks.
+
+    ./run bench            (or: .venv/bin/python bench/enqueue.py --jobs 1000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import dev_server, percentile, print_table  # noqa: E402
+from enqueuer.backends.temporal import TemporalBackend, connect_client  # noqa: E402
+from enqueuer.client import Enqueuer  # noqa: E402
+from enqueuer.models import JOB_TYPE_DOWNLOAD_RECORDS, Actor, DownloadRecordsJobInput, Table, Workbook  # noqa: E402
+from enqueuer.settings import Settings  # noqa: E402
+from enqueuer.logs import configure_logging  # noqa: E402
+from enqueuer import wire  # noqa: E402
+from store.sqlite import SqliteStore  # noqa: E402
+from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa: E402
+
+ACTOR = Actor(user_id="u_bench", organization_id="org_bench")
+
+
+async def measure(
+    name: str, call: Callable[[int], Awaitable[None]], sequential: int, jobs: int, concurrency: int
+) -> list[str]:
+    latencies: list[float] = []
+    for i in range(sequential):
+        began = time.perf_counter()
+        await call(i)
+        latencies.append((time.perf_counter() - began) * 1000)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await call(sequential + i)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(jobs)))
+    throughput = jobs / (time.perf_counter() - began)
+    return [
+        name,
+        f"{percentile(latencies, 50):.1f}",
+        f"{percentile(latencies, 99):.1f}",
+        f"{throughput:,.0f}",
+    ]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sequential", type=int, default=300, help="calls timed one by one")
+    parser.add_argument("--jobs", type=int, default=1000, help="calls in the throughput run")
+    parser.add_argument("--concurrency", type=int, default=32, help="calls in flight at once")
+    args = parser.parse_args()
+    per_side = args.sequential + args.jobs
+
+    configure_logging("console", "warning")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        async with dev_server(folder) as address:
+            settings = Settings(
+                data_dir=folder,
+                temporal={"address": address, "task_queue": f"bench-{uuid.uuid4().hex[:6]}"},
+                jobs={"max_pending": 10 * per_side},
+            )
+            client = await connect_client(settings.temporal)
+            store = SqliteStore(folder / "store.db")
+            store.migrate()
+            # One single-table workbook per enqueue: every job takes its own table lock.
+            for i in range(per_side):
+                wb = f"wb_{i}"
+                store.put_workbook(
+                    Workbook(
+                        id=wb,
+                        organization_id=ACTOR.organization_id,
+                        name=wb,
+                        tables=[Table(id=f"{wb}_t", workbook_id=wb, name="t", connector="demo")],
+                    )
+                )
+            enqueuer = Enqueuer(
+                settings, store, TemporalBackend(settings.temporal, settings.enqueue_timeout, client)
+            )
+            template = enqueuer._workflow_input("x", DownloadRecordsJobInput(workbook_id="wb", actor=ACTOR), ["t"])
+
+            async def ours(i: int) -> None:
+                await enqueuer.enqueue_download_records_job(f"wb_{i}", ACTOR)
+
+            async def bare(i: int) -> None:
+                job_id = f"bare-{uuid.uuid4().hex[:16]}"
+                job = DownloadRecordsJobInput(workbook_id=f"wb_{i}", actor=ACTOR)
+                await client.start_workflow(
+                    wire.WORKFLOW_DOWNLOAD_RECORDS,
+                    template.model_copy(update={"job_id": job_id, "job": job, "table_ids": [f"wb_{i}_t"]}),
+                    id=job_id,
+                    task_queue=settings.temporal.task_queue,
+                    search_attributes=TypedSearchAttributes(
+                        [
+                            SearchAttributePair(wire.SA_WORKBOOK_ID, job.workbook_id),
+                            SearchAttributePair(wire.SA_USER_ID, ACTOR.user_id),
+                            SearchAttributePair(wire.SA_ORGANIZATION_ID, ACTOR.organization_id),
+                            SearchAttributePair(wire.SA_JOB_TYPE, JOB_TYPE_DOWNLOAD_RECORDS),
+                        ]
+                    ),
+                    static_summary=f"Download 1 table of workbook {job.workbook_id}",
+                )
+
+            # Warm both paths (connections, caches) before timing.
+            for i in range(20):
+                await bare(i)
+            rows = [
+                await measure("bare client.start_workflow", bare, args.sequential, args.jobs, args.concurrency),
+                await measure("spinner-jobs enqueue", ours, args.sequential, args.jobs, args.concurrency),
+            ]
+            store.close()
+    ratio = float(rows[1][3].replace(",", "")) / float(rows[0][3].replace(",", ""))
+    print_table(
+        f"Enqueue against the dev server ({args.sequential} sequential calls; "
+        f"{args.jobs} calls at concurrency {args.concurrency})",
+        ["path", "p50 ms", "p99 ms", "jobs/s"],
+        rows,
+    )
+    print(f"\nthroughput ratio enqueue/bare: {ratio:.2f}  (target >= 0.80)")
+    print(f"enqueue p50: {rows[1][1]} ms  (target <= 15 ms)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.stdout.flush()
+    import os
+
+    os._exit(0)
