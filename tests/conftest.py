@@ -64,8 +64,14 @@ def settings(tmp_path: Path, task_queue: str) -> Settings:
     return Settings(
         data_dir=tmp_path,
         temporal={"task_queue": task_queue},
-        retry={"initial_interval": timedelta(milliseconds=100), "maximum_interval": timedelta(seconds=1)},
-        jobs={"progress_interval": timedelta(milliseconds=200), "heartbeat_timeout": timedelta(seconds=10)},
+        retry={
+            "initial_interval": timedelta(milliseconds=100),
+            "maximum_interval": timedelta(seconds=1),
+        },
+        jobs={
+            "progress_interval": timedelta(milliseconds=200),
+            "heartbeat_timeout": timedelta(seconds=10),
+        },
     )
 
 
@@ -79,9 +85,11 @@ def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
 
 
 @pytest.fixture
-def connectors() -> ConnectorRegistry:
-    """The built-in connectors."""
-    return default_connectors()
+async def connectors() -> AsyncIterator[ConnectorRegistry]:
+    """The built-in connectors (their HTTP pools closed after the test)."""
+    registry = default_connectors()
+    yield registry
+    await registry.aclose()
 
 
 WorkbookFactory = Callable[..., Workbook]
@@ -98,7 +106,9 @@ def make_workbook(sqlite_store: SqliteStore) -> WorkbookFactory:
             organization_id=org,
             name="Test workbook",
             tables=[
-                Table(id=f"{wb_id}_{name}", workbook_id=wb_id, name=name, connector="demo", config=cfg)
+                Table(
+                    id=f"{wb_id}_{name}", workbook_id=wb_id, name=name, connector="demo", config=cfg
+                )
                 for name, cfg in tables.items()
             ],
         )
