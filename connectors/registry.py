@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from connectors.base import Connector
 from connectors.demo import DemoConnector
+from connectors.files import FilesConnector
+from connectors.http import HttpConnector
 from enqueuer.errors import InvalidTableConfigError
 
 
@@ -40,5 +42,5 @@ class ConnectorRegistry:
 
 
 def default_connectors() -> ConnectorRegistry:
-    """The built-in connectors: demo, http, files."""
-    return ConnectorRegistry([DemoConnector()])
+    """Return the built-in connectors: demo, http, files."""
+    return ConnectorRegistry([DemoConnector(), HttpConnector(), FilesConnector()])
