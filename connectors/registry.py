@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from connectors.base import Connector
 from connectors.demo import DemoConnector
@@ -41,6 +42,13 @@ class ConnectorRegistry:
             await connector.aclose()
 
 
-def default_connectors() -> ConnectorRegistry:
-    """Return the built-in connectors: demo, http, files."""
-    return ConnectorRegistry([DemoConnector(), HttpConnector(), FilesConnector()])
+def default_connectors(files_root: Path | None = None) -> ConnectorRegistry:
+    """Return the built-in connectors: demo, http, files.
+
+    Args:
+        files_root: folder the ``files`` connector may read below; None: anywhere the
+            process can read (table configs are then fully trusted).
+    """
+    return ConnectorRegistry(
+        [DemoConnector(), HttpConnector(), FilesConnector(base_dir=files_root)]
+    )

@@ -30,6 +30,7 @@ from enqueuer.models import (
     JobProgress,
     JobRef,
     JobResult,
+    JobStats,
     JobStatus,
     RetryOptions,
     TableStatus,
@@ -93,7 +94,7 @@ class Enqueuer:
             from connectors.registry import default_connectors
             from enqueuer.backends.inprocess import InProcessBackend
 
-            connectors = default_connectors()
+            connectors = default_connectors(settings.files_root)
             webhook = None
             if settings.webhook.url:
                 http = httpx.AsyncClient(timeout=settings.webhook.timeout.total_seconds())
@@ -281,6 +282,15 @@ class Enqueuer:
     async def wait(self, job_id: str) -> JobResult:
         """Wait until the job closes; its result says completed, failed or cancelled."""
         return await self.backend.wait(job_id)
+
+    async def stats(self) -> JobStats:
+        """Job counts by status, success/failure rates, processing-time p50/p95, queue depth.
+
+        On Temporal the figures cover the jobs of ``settings.temporal.task_queue`` as the
+        server's visibility holds them (eventually consistent, within about a second);
+        in-process they cover the jobs this process ran.
+        """
+        return await self.backend.stats()
 
     async def cancel(self, job_id: str) -> None:
         """Stop the job; its table locks are released."""

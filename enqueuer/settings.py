@@ -116,6 +116,10 @@ class Settings(BaseSettings):
         description="Snapshot store: sqlite:///path or postgresql://...; "
         "default sqlite under data_dir.",
     )
+    files_root: Path | None = Field(
+        None,
+        description="Folder the files connector may read below; unset: any readable path.",
+    )
     enqueue_timeout: timedelta = Field(
         timedelta(seconds=5), description="Longest enqueue call, server connection included."
     )

@@ -70,7 +70,7 @@ async def worker_resources(
     """Open the store, connectors and webhook client a worker needs; close them after."""
     own_store = store is None
     store = store or open_store(settings.store_url)
-    connectors = default_connectors()
+    connectors = default_connectors(settings.files_root)
     http: httpx.AsyncClient | None = None
     webhook = None
     if settings.webhook.url:
