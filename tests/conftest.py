@@ -17,7 +17,10 @@ from enqueuer import wire
 from enqueuer.logs import configure_logging
 from enqueuer.models import Table, Workbook
 from enqueuer.settings import Settings
+from store.base import Store
+from store.postgres import PostgresStore
 from store.sqlite import SqliteStore
+from tests.pg import fresh_schema, postgres_url  # noqa: F401  (session fixture)
 from worker.devserver import ensure_search_attributes, temporal_cli, temporal_test_server
 
 configure_logging("console", "warning")
@@ -82,6 +85,22 @@ def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
     store.migrate()
     yield store
     store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each store kind in turn: a fresh SQLite file, or a fresh schema on real PostgreSQL."""
+    if request.param == "sqlite":
+        store: Store = SqliteStore(tmp_path / "store.db")
+        store.migrate()
+        yield store
+        store.close()
+        return
+    with fresh_schema(request.getfixturevalue("postgres_url")) as url:
+        store = PostgresStore(url)
+        store.migrate()
+        yield store
+        store.close()
 
 
 @pytest.fixture

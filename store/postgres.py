@@ -1,0 +1,450 @@
+"""PostgreSQL snapshot store: the production store (``SPINNER_DATABASE_URL=postgresql://...``).
+
+Same contract and semantics as :class:`store.sqlite.SqliteStore`; the differences a
+caller can see come from JSONB, which stores fields and table configs parsed:
+
+- a record's keys come back in JSONB's order (shorter keys first), not the source's;
+- a string holding a NUL character (U+0000), or a float that is NaN or infinite, cannot
+  be stored: the page fails as a whole (a ``psycopg.errors.DataError``) and nothing of
+  it is written;
+- a naive ``synced_at`` is taken as UTC; timestamps come back aware, in UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+
+from connectors.base import Record
+from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
+from store.base import SyncSummary
+
+_Conn = psycopg.Connection[TupleRow]
+
+# Key of the advisory lock that serializes concurrent migrate() calls: two
+# `CREATE TABLE IF NOT EXISTS` racing on one name can both pass the check and one then
+# fails on the catalog's unique index.
+_MIGRATE_LOCK_KEY = 0x5350_494E_4E45_52  # "SPINNER"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS workbooks (
+        id text PRIMARY KEY,
+        organization_id text NOT NULL,
+        name text NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS workbook_tables (
+        id text PRIMARY KEY,
+        workbook_id text NOT NULL REFERENCES workbooks(id) ON DELETE CASCADE,
+        position integer NOT NULL,
+        name text NOT NULL,
+        connector text NOT NULL,
+        config jsonb NOT NULL,
+        account_id text,
+        locked_by text,
+        locked_at timestamptz,
+        last_synced_at timestamptz
+    )""",
+    "CREATE INDEX IF NOT EXISTS workbook_tables_workbook ON workbook_tables (workbook_id)",
+    "CREATE INDEX IF NOT EXISTS workbook_tables_locked_by ON workbook_tables (locked_by)",
+    """CREATE TABLE IF NOT EXISTS connector_accounts (
+        id text PRIMARY KEY,
+        organization_id text NOT NULL,
+        auth text NOT NULL,
+        secret text NOT NULL,
+        header text NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS records (
+        table_id text NOT NULL,
+        remote_id text NOT NULL,
+        fields jsonb NOT NULL,
+        dirty boolean NOT NULL DEFAULT false,
+        seen_by text,
+        PRIMARY KEY (table_id, remote_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        table_id text NOT NULL,
+        job_id text NOT NULL,
+        cursor text,
+        records bigint NOT NULL,
+        pages bigint NOT NULL,
+        PRIMARY KEY (table_id, job_id)
+    )""",
+)
+
+# A page is COPied into this per-connection temp table, then merged with one
+# INSERT ... ON CONFLICT: measured about 1.5x the records/s of a pipelined executemany.
+# Rows vanish at commit or rollback, so a failed page leaves nothing behind.
+_PAGE_TABLE = """CREATE TEMP TABLE IF NOT EXISTS spinner_page (
+    ord integer NOT NULL,
+    remote_id text,
+    fields jsonb
+) ON COMMIT DELETE ROWS"""
+
+_COPY_PAGE = "COPY pg_temp.spinner_page (ord, remote_id, fields) FROM STDIN"
+
+# DISTINCT ON keeps the last occurrence of a remote id repeated within a page (as the
+# row-by-row SQLite upsert does; ON CONFLICT refuses to touch a row twice) and the sort
+# makes concurrent writers lock rows in the same order.
+_MERGE_PAGE = """
+INSERT INTO records AS r (table_id, remote_id, fields, dirty, seen_by)
+SELECT DISTINCT ON (remote_id) %(table_id)s, remote_id, fields, false, %(job_id)s
+FROM pg_temp.spinner_page
+ORDER BY remote_id, ord DESC
+ON CONFLICT (table_id, remote_id) DO UPDATE SET
+    fields = CASE WHEN r.dirty THEN r.fields ELSE excluded.fields END,
+    seen_by = excluded.seen_by
+"""
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class PostgresStore:
+    """Store in a PostgreSQL database; one connection per thread, explicit transactions."""
+
+    def __init__(self, url: str) -> None:
+        """Prepare the store; connections open lazily, one per calling thread.
+
+        Args:
+            url: ``postgresql://user:password@host:port/db?...`` (or a libpq
+                ``key=value`` string). ``self.url`` keeps it without the password.
+
+        """
+        self._conninfo = url
+        self.url = redact_url(url)
+        self._local = threading.local()
+        self._all: list[_Conn] = []
+        self._all_lock = threading.Lock()
+
+    # --- connections -----------------------------------------------------------------
+
+    def _conn(self) -> _Conn:
+        conn: _Conn | None = getattr(self._local, "conn", None)
+        if conn is not None and not conn.closed:
+            return conn
+        if conn is not None:
+            # Lost (server restart, network): forget it so this thread reconnects.
+            self._forget(conn)
+        conn = psycopg.connect(
+            self._conninfo, autocommit=False, fallback_application_name="spinner-jobs"
+        )
+        try:
+            # UTC sessions make returned timestamps independent of the server's zone.
+            conn.execute("SET TIME ZONE 'UTC'")
+            conn.execute(_PAGE_TABLE)
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn = conn
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    def _forget(self, conn: _Conn) -> None:
+        conn.close()
+        with self._all_lock:
+            if conn in self._all:
+                self._all.remove(conn)
+        self._local.conn = None
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Conn]:
+        """One transaction on this thread's connection: commit, or roll back on error."""
+        conn = self._conn()
+        try:
+            yield conn
+        except BaseException:
+            if conn.broken:
+                self._forget(conn)
+            else:
+                conn.rollback()
+            raise
+        conn.commit()
+
+    def migrate(self) -> None:
+        """Create the schema if missing (safe under concurrent callers)."""
+        with self._tx() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK_KEY,))
+            for statement in _SCHEMA:
+                conn.execute(statement)
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._all_lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # --- catalog ---------------------------------------------------------------------
+
+    def put_workbook(self, workbook: Workbook) -> None:
+        """Create or replace a workbook and its tables (locks and sync times kept)."""
+        keep = [t.id for t in workbook.tables]
+        with self._tx() as conn:
+            # The workbook row lock serializes concurrent replacements of one workbook.
+            conn.execute(
+                "INSERT INTO workbooks (id, organization_id, name) VALUES (%s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET organization_id = excluded.organization_id, "
+                "name = excluded.name",
+                (workbook.id, workbook.organization_id, workbook.name),
+            )
+            # Lock every table row this touches in id order, the order lock_tables uses,
+            # so the two never deadlock.
+            rows = conn.execute(
+                "SELECT id, workbook_id FROM workbook_tables "
+                "WHERE workbook_id = %s OR id = ANY(%s) ORDER BY id FOR UPDATE",
+                (workbook.id, keep),
+            ).fetchall()
+            kept = set(keep)
+            gone = [tid for tid, wid in rows if wid == workbook.id and tid not in kept]
+            if gone:
+                conn.execute("DELETE FROM records WHERE table_id = ANY(%s)", (gone,))
+                conn.execute("DELETE FROM checkpoints WHERE table_id = ANY(%s)", (gone,))
+                conn.execute("DELETE FROM workbook_tables WHERE id = ANY(%s)", (gone,))
+            if workbook.tables:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO workbook_tables (id, workbook_id, position, name, "
+                        "connector, config, account_id) "
+                        "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s) "
+                        "ON CONFLICT (id) DO UPDATE SET workbook_id = excluded.workbook_id, "
+                        "position = excluded.position, name = excluded.name, "
+                        "connector = excluded.connector, config = excluded.config, "
+                        "account_id = excluded.account_id",
+                        [
+                            (
+                                table.id,
+                                workbook.id,
+                                position,
+                                table.name,
+                                table.connector,
+                                _dumps(table.config),
+                                table.account_id,
+                            )
+                            for position, table in enumerate(workbook.tables)
+                        ],
+                    )
+
+    def get_workbook(self, workbook_id: str) -> Workbook | None:
+        """The workbook with its tables, or None."""
+        with self._tx() as conn:
+            # One statement: the workbook and its tables from the same snapshot.
+            rows = conn.execute(
+                "SELECT w.id, w.organization_id, w.name, t.id, t.name, t.connector, t.config, "
+                "t.account_id, t.locked_by, t.last_synced_at "
+                "FROM workbooks w LEFT JOIN workbook_tables t ON t.workbook_id = w.id "
+                "WHERE w.id = %s ORDER BY t.position",
+                (workbook_id,),
+            ).fetchall()
+        if not rows:
+            return None
+        tables = [
+            Table(
+                id=r[3],
+                workbook_id=workbook_id,
+                name=r[4],
+                connector=r[5],
+                config=r[6],
+                account_id=r[7],
+                locked_by=r[8],
+                last_synced_at=r[9],
+            )
+            for r in rows
+            if r[3] is not None
+        ]
+        first = rows[0]
+        return Workbook(id=first[0], organization_id=first[1], name=first[2], tables=tables)
+
+    def put_account(self, account: ConnectorAccount) -> None:
+        """Create or replace a connector account."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO connector_accounts (id, organization_id, auth, secret, header) "
+                "VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET organization_id = excluded.organization_id, "
+                "auth = excluded.auth, secret = excluded.secret, header = excluded.header",
+                (account.id, account.organization_id, account.auth, account.secret, account.header),
+            )
+
+    def get_account(self, account_id: str) -> ConnectorAccount | None:
+        """A connector account, or None."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT id, organization_id, auth, secret, header FROM connector_accounts "
+                "WHERE id = %s",
+                (account_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return ConnectorAccount(
+            id=row[0], organization_id=row[1], auth=row[2], secret=row[3], header=row[4]
+        )
+
+    # --- locks -----------------------------------------------------------------------
+
+    def lock_tables(self, table_ids: Sequence[str], job_id: str) -> dict[str, str]:
+        """Lock all tables for ``job_id`` or none; return the conflicting holders."""
+        ids = list(table_ids)
+        with self._tx() as conn:
+            # FOR UPDATE makes a concurrent caller wait here and then read the committed
+            # holder; locking rows in id order keeps overlapping callers from deadlocking.
+            rows = conn.execute(
+                "SELECT id, locked_by FROM workbook_tables WHERE id = ANY(%s) "
+                "ORDER BY id FOR UPDATE",
+                (ids,),
+            ).fetchall()
+            held = {tid: holder for tid, holder in rows if holder is not None and holder != job_id}
+            if held:
+                return held
+            conn.execute(
+                "UPDATE workbook_tables SET locked_by = %s, locked_at = now() WHERE id = ANY(%s)",
+                (job_id, ids),
+            )
+            return {}
+
+    def unlock_tables(self, table_ids: Sequence[str], job_id: str) -> None:
+        """Release the tables' locks held by ``job_id``."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE workbook_tables SET locked_by = NULL, locked_at = NULL "
+                "WHERE locked_by = %s AND id = ANY(%s)",
+                (job_id, list(table_ids)),
+            )
+
+    def locks_held_by(self, job_id: str) -> list[str]:
+        """Table ids locked by ``job_id``."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                # Byte order, as SQLite sorts, whatever the database's collation.
+                'SELECT id FROM workbook_tables WHERE locked_by = %s ORDER BY id COLLATE "C"',
+                (job_id,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    # --- records ---------------------------------------------------------------------
+
+    def write_page(
+        self, table_id: str, job_id: str, records: Sequence[Record], checkpoint: TableCheckpoint
+    ) -> None:
+        """Upsert a page and save the checkpoint in one transaction."""
+        # Encode before the transaction: a record that cannot be encoded fails the page
+        # without a round trip.
+        rows = [(i, r.remote_id, _dumps(r.fields)) for i, r in enumerate(records)]
+        with self._tx() as conn, conn.cursor() as cur:
+            if rows:
+                with cur.copy(_COPY_PAGE) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(_MERGE_PAGE, {"table_id": table_id, "job_id": job_id})
+            cur.execute(
+                "INSERT INTO checkpoints (table_id, job_id, cursor, records, pages) "
+                "VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (table_id, job_id) DO UPDATE SET cursor = excluded.cursor, "
+                "records = excluded.records, pages = excluded.pages",
+                (table_id, job_id, checkpoint.cursor, checkpoint.records, checkpoint.pages),
+            )
+
+    def get_checkpoint(self, table_id: str, job_id: str) -> TableCheckpoint | None:
+        """The last committed checkpoint of ``job_id`` on the table."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT cursor, records, pages FROM checkpoints "
+                "WHERE table_id = %s AND job_id = %s",
+                (table_id, job_id),
+            ).fetchone()
+        if row is None:
+            return None
+        return TableCheckpoint(cursor=row[0], records=row[1], pages=row[2])
+
+    def finish_sync(self, table_id: str, job_id: str, synced_at: datetime) -> SyncSummary:
+        """Delete records the source no longer has (unless dirty), stamp, unlock."""
+        with self._tx() as conn:
+            kept = conn.execute(
+                "SELECT count(*) FROM records WHERE table_id = %s AND dirty "
+                "AND seen_by IS DISTINCT FROM %s",
+                (table_id, job_id),
+            ).fetchone()
+            with conn.cursor() as cur:
+                cur.execute(
+                    "DELETE FROM records WHERE table_id = %s AND NOT dirty "
+                    "AND seen_by IS DISTINCT FROM %s",
+                    (table_id, job_id),
+                )
+                deleted = cur.rowcount
+            conn.execute(
+                "UPDATE workbook_tables SET last_synced_at = %(at)s, "
+                "locked_by = CASE WHEN locked_by = %(job)s THEN NULL ELSE locked_by END, "
+                "locked_at = CASE WHEN locked_by = %(job)s THEN NULL ELSE locked_at END "
+                "WHERE id = %(table)s",
+                {"at": synced_at, "job": job_id, "table": table_id},
+            )
+            conn.execute(
+                "DELETE FROM checkpoints WHERE table_id = %s AND job_id = %s", (table_id, job_id)
+            )
+        return SyncSummary(deleted=deleted, kept_dirty=int(kept[0]) if kept else 0)
+
+    # --- reading and local edits -----------------------------------------------------
+
+    def count_records(self, table_id: str) -> int:
+        """Number of records stored for the table."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM records WHERE table_id = %s", (table_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def record_ids(self, table_id: str) -> list[str]:
+        """Remote ids of the table's records, sorted."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                # Byte order, as SQLite sorts, whatever the database's collation.
+                'SELECT remote_id FROM records WHERE table_id = %s ORDER BY remote_id COLLATE "C"',
+                (table_id,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def get_record(self, table_id: str, remote_id: str) -> Mapping[str, Any] | None:
+        """A record's fields, or None."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT fields FROM records WHERE table_id = %s AND remote_id = %s",
+                (table_id, remote_id),
+            ).fetchone()
+        return None if row is None else dict(row[0])
+
+    def edit_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
+        """Edit a record locally and flag it dirty."""
+        encoded = _dumps(dict(fields))
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO records (table_id, remote_id, fields, dirty) "
+                "VALUES (%s, %s, %s::jsonb, true) "
+                "ON CONFLICT (table_id, remote_id) DO UPDATE SET fields = excluded.fields, "
+                "dirty = true",
+                (table_id, remote_id, encoded),
+            )
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (URL or libpq ``key=value`` form), for logs."""
+    if "://" not in url:
+        params = conninfo_to_dict(url)
+        params.pop("password", None)
+        return make_conninfo("", **params)
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        netloc = f"{userinfo.partition(':')[0]}@{host}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
