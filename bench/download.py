@@ -130,14 +130,14 @@ def plain_run(db_url: str, api: SampleApi, names: list[str], parallelism: int) -
 
 @contextlib.contextmanager
 def postgres_urls(enabled: bool) -> Iterator[tuple[str, str] | None]:
-    """Two fresh databases on a throwaway PostgreSQL server (tests/pg.py), or None."""
+    """Two fresh schemas on a throwaway PostgreSQL server (tests/pg.py), or None."""
     if not enabled:
         yield None
         return
-    from tests.pg import throwaway_postgres
+    from tests.pg import fresh_schema, running_postgres
 
-    with throwaway_postgres() as server:
-        yield server.create_database("bench_engine"), server.create_database("bench_plain")
+    with running_postgres() as url, fresh_schema(url) as engine, fresh_schema(url) as plain:
+        yield engine, plain
 
 
 async def main() -> None:
