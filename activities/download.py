@@ -36,6 +36,9 @@ log = structlog.get_logger(__name__)
 ReportProgress = Callable[[TableCheckpoint], None]
 """Called after each committed page with the new checkpoint."""
 
+PageWritten = Callable[[Table, int], None]
+"""Called after each committed page with the table and the page's record count."""
+
 
 class DownloadActivities:
     """Activities of the download-records job, over one store and a connector set."""
@@ -70,6 +73,7 @@ class DownloadActivities:
         Raises:
             ApplicationError: typed as the ``SpinnerError`` subclass; non-retryable
                 when retrying cannot help.
+
         """
         info = activity.info()
         resume: TableCheckpoint | None = None
@@ -82,10 +86,21 @@ class DownloadActivities:
             last[0] = checkpoint
             activity.heartbeat(checkpoint)
 
+        # Counted per committed page, not from checkpoints: a resumed attempt reports
+        # its starting checkpoint too, and those records were counted by the last one.
+        downloaded = activity.metric_meter().create_counter(
+            wire.METRIC_RECORDS_DOWNLOADED, "Records written to the snapshot store.", "records"
+        )
+
+        def page_written(table: Table, records: int) -> None:
+            downloaded.add(records, {"connector": table.connector})
+
         # Pages can be slow; keep heartbeating so cancellation and liveness still work.
         keepalive = asyncio.create_task(_keep_heartbeating(lambda: last[0], info))
         try:
-            return await self.sync_table(input, attempt=info.attempt, resume=resume, report=report)
+            return await self.sync_table(
+                input, attempt=info.attempt, resume=resume, report=report, on_page=page_written
+            )
         except SpinnerError as exc:
             raise ApplicationError(
                 str(exc),
@@ -110,13 +125,15 @@ class DownloadActivities:
         attempt: int,
         resume: TableCheckpoint | None,
         report: ReportProgress,
+        on_page: PageWritten | None = None,
     ) -> DownloadTableResult:
         """Page through the table's source into the store, then finish the sync.
 
         Each page is upserted together with its checkpoint in one transaction, then
         reported. A retried attempt starts from the furthest of ``resume`` (heartbeat
         details) and the store's own checkpoint, so no page is skipped and a page
-        written twice is an idempotent upsert.
+        written twice is an idempotent upsert. ``on_page``, if given, hears of each
+        committed page (the Temporal activity counts records with it).
         """
         tlog = log.bind(
             job_id=input.job_id,
@@ -161,6 +178,8 @@ class DownloadActivities:
                 await asyncio.to_thread(
                     self._store.write_page, table.id, input.job_id, page.records, checkpoint
                 )
+                if on_page is not None:
+                    on_page(table, len(page.records))
                 report(checkpoint)
 
         summary = await asyncio.to_thread(

@@ -36,6 +36,7 @@ class WebhookSender:
 
         Raises:
             httpx.HTTPError: transport failure or a non-2xx answer (the caller retries).
+
         """
         body = event.model_dump_json().encode()
         headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event.event_id}

@@ -9,18 +9,20 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import structlog
 import typer
-from typer.exceptions import TyperException
 from rich.console import Console
+from rich.table import Table as RichTable
+from typer.exceptions import TyperException
 
 from enqueuer.client import Enqueuer
 from enqueuer.errors import SpinnerError
 from enqueuer.logs import configure_logging
-from enqueuer.models import Actor, JobStatus, Table, Workbook
+from enqueuer.models import Actor, JobStats, JobStatus, Table, Workbook
 from enqueuer.settings import ServiceType, Settings
 from enqueuer.watch import summary_table, watch_job
 
@@ -72,9 +74,13 @@ async def _worker(settings: Settings) -> None:
     from enqueuer.backends.temporal import TemporalBackend
     from worker.devserver import ensure_search_attributes
     from worker.main import run_worker
+    from worker.metrics import metrics_runtime
 
     stop = await _stop_on_signals()
-    client = await TemporalBackend(settings.temporal, settings.enqueue_timeout).client()
+    runtime = metrics_runtime(settings.metrics_port)
+    client = await TemporalBackend(
+        settings.temporal, settings.enqueue_timeout, runtime=runtime
+    ).client()
     await ensure_search_attributes(client)
     await run_worker(settings, client, stop)
 
@@ -89,10 +95,14 @@ def dev() -> None:
 async def _dev(settings: Settings) -> None:
     from enqueuer.backends.temporal import TemporalBackend
     from worker.main import run_worker
+    from worker.metrics import metrics_runtime
 
     stop = await _stop_on_signals()
     async with _dev_server(settings):
-        client = await TemporalBackend(settings.temporal, settings.enqueue_timeout).client()
+        runtime = metrics_runtime(settings.metrics_port)
+        client = await TemporalBackend(
+            settings.temporal, settings.enqueue_timeout, runtime=runtime
+        ).client()
         console.print(f"Web UI: {settings.temporal.ui_url}   (Ctrl-C stops everything)")
         await run_worker(settings, client, stop)
 
@@ -358,6 +368,62 @@ def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
             console.print(f"cancel requested for {job_id}")
 
     _run(stop())
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Print job counts, success/failure rates, processing time p50/p95 and queue depth.
+
+    Covers the jobs of SPINNER_TEMPORAL_TASK_QUEUE. In-process jobs
+    (SPINNER_USE_JOBS=false) live in the process that enqueued them, so a separate
+    stats command sees none of them.
+    """
+    settings = _settings()
+
+    async def show() -> None:
+        async with Enqueuer.from_settings(settings) as enqueuer:
+            figures = await enqueuer.stats()
+        if as_json:
+            console.print_json(figures.model_dump_json())
+        else:
+            console.print(_stats_table(figures))
+
+    _run(show())
+
+
+def _stats_table(s: JobStats) -> RichTable:
+    def rate(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    def seconds(value: timedelta | None) -> str:
+        return "-" if value is None else f"{value.total_seconds():.2f} s"
+
+    def count(value: int | None) -> str:
+        return "-" if value is None else f"{value:,}"
+
+    table = RichTable(title=f"download-records jobs ({s.task_queue or s.backend.value})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("enqueued", count(s.enqueued)),
+        ("running", count(s.running)),
+        ("completed", count(s.completed)),
+        ("failed", count(s.failed)),
+        ("cancelled", count(s.cancelled)),
+        ("terminated", count(s.terminated)),
+        ("timed out", count(s.timed_out)),
+        ("success rate", rate(s.success_rate)),
+        ("failure rate", rate(s.failure_rate)),
+        (f"processing time p50 (last {s.processing_time_sample})", seconds(s.processing_time_p50)),
+        (f"processing time p95 (last {s.processing_time_sample})", seconds(s.processing_time_p95)),
+        ("queue depth", count(s.queue_depth)),
+        ("workers", count(s.workers)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
 
 
 def main() -> None:

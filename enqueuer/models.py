@@ -281,3 +281,97 @@ class NotifyInput(_Model):
     """An event to deliver to the configured sinks."""
 
     event: JobEvent
+
+
+# --- retention sweep (RetentionSweepWorkflow and its activity) ---------------------------
+
+
+class RetentionSweepInput(_Model):
+    """Which closed jobs a retention sweep keeps: the newest of each bucket.
+
+    Buckets, like BullMQ's removeOnComplete / removeOnFail: *completed* is the
+    Completed status; *failed* is every other way a job closes without success
+    (Failed, TimedOut, Terminated, Canceled). Running executions are never touched,
+    nor continued-as-new runs (download-records never makes any).
+    """
+
+    keep_completed: int = Field(ge=0, description="Most recent completed jobs kept.")
+    keep_failed: int = Field(ge=0, description="Most recent failed jobs kept (see buckets).")
+    workflow_type: str = Field(
+        # The job type is the workflow type name ("download-records").
+        JOB_TYPE_DOWNLOAD_RECORDS,
+        description="Workflow type swept.",
+    )
+    query_filter: str | None = Field(
+        None,
+        description='Visibility clause ANDed to the listing, e.g. TaskQueue="spinner-jobs"; '
+        "None sweeps the whole namespace.",
+    )
+    max_deletions: int = Field(
+        1000,
+        ge=1,
+        description="Deletions per sweep at most, oldest first; the rest wait for the next "
+        "sweep (bounds the activity and the size of its result).",
+    )
+
+
+class RetentionSweepResult(_Model):
+    """What a sweep deleted (workflow ids, oldest first) and kept, per bucket."""
+
+    deleted_completed: list[str] = Field(default_factory=list)
+    deleted_failed: list[str] = Field(default_factory=list)
+    kept_completed: int = 0
+    kept_failed: int = 0
+    deferred: int = Field(0, description="Over-limit executions left for the next sweep.")
+
+
+# --- monitoring --------------------------------------------------------------------------
+
+
+class JobStats(_Model):
+    """Counts, rates, processing times and queue depth of download-records jobs.
+
+    On Temporal the counts are the executions visibility still holds (the retention
+    sweep and the namespace retention remove old closed ones); in-process they are
+    tallies for the life of the process. Rates and percentiles are None until a job
+    they cover has closed.
+    """
+
+    backend: Backend
+    task_queue: str | None = Field(
+        None, description="Task queue the figures cover; None for the whole namespace."
+    )
+    enqueued: int = Field(0, description="Jobs on record: running plus closed.")
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    terminated: int = Field(0, description="Stopped by an operator (Temporal only).")
+    timed_out: int = Field(0, description="Hit the workflow's run timeout (Temporal only).")
+    success_rate: float | None = Field(
+        None,
+        description="completed / (completed + failed + terminated + timed_out). Cancelled "
+        "jobs were stopped on request, so they count in neither rate.",
+    )
+    failure_rate: float | None = Field(
+        None, description="(failed + terminated + timed_out) over the same jobs; 1 - success."
+    )
+    processing_time_p50: timedelta | None = Field(
+        None, description="Median enqueue-to-close time of recent completed or failed jobs."
+    )
+    processing_time_p95: timedelta | None = Field(
+        None, description="95th percentile (nearest rank) of the same times."
+    )
+    processing_time_sample: int = Field(
+        0, description="How many recent completed or failed jobs the percentiles cover."
+    )
+    queue_depth: int | None = Field(
+        None,
+        description="Temporal: tasks backlogged on the task queue (workflow + activity), as "
+        "the server approximates it (and caches for a few seconds); in-process: jobs "
+        "running in this process. None when not scoped to one task queue.",
+    )
+    workers: int | None = Field(
+        None, description="Distinct worker identities polling the task queue (Temporal only)."
+    )
+    measured_at: datetime

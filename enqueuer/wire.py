@@ -15,6 +15,10 @@ ACTIVITY_RESOLVE_TABLES = "resolve-tables"
 ACTIVITY_DOWNLOAD_TABLE = "download-table"
 ACTIVITY_RELEASE_LOCKS = "release-locks"
 ACTIVITY_NOTIFY = "notify"
+ACTIVITY_SWEEP_CLOSED_JOBS = "sweep-closed-jobs"
+
+SCHEDULE_RETENTION_PREFIX = "spinner-jobs-retention"
+"""Retention schedule id prefix; the id is ``<prefix>:<task queue>``, one per queue."""
 
 QUERY_PROGRESS = "progress"
 
@@ -33,3 +37,10 @@ def dev_server_search_attribute_flags() -> list[str]:
     for key in SEARCH_ATTRIBUTES:
         flags += ["--search-attribute", f"{key.name}=Keyword"]
     return flags
+
+
+# Prometheus metrics the worker exports besides the SDK's own (see worker/metrics.py).
+METRIC_RECORDS_DOWNLOADED = "spinner_records_downloaded"
+METRIC_TABLES_COMPLETED = "spinner_tables_completed"
+METRIC_TABLES_FAILED = "spinner_tables_failed"
+METRIC_JOB_DURATION = "spinner_job_duration_seconds"

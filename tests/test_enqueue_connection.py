@@ -26,14 +26,18 @@ async def test_unreachable_server_raises_connection_error_within_timeout(
     settings = settings.model_copy(
         update={
             "enqueue_timeout": timedelta(seconds=1.5),
-            "temporal": settings.temporal.model_copy(update={"address": f"127.0.0.1:{_closed_port()}"}),
+            "temporal": settings.temporal.model_copy(
+                update={"address": f"127.0.0.1:{_closed_port()}"}
+            ),
         }
     )
     wb = make_workbook(t=demo(10))
     async with Enqueuer.from_settings(settings, sqlite_store) as enqueuer:
         began = time.monotonic()
         with pytest.raises(EnqueueConnectionError) as caught:
-            await enqueuer.enqueue_download_records_job(wb.id, Actor(user_id="u", organization_id="org_1"))
+            await enqueuer.enqueue_download_records_job(
+                wb.id, Actor(user_id="u", organization_id="org_1")
+            )
         elapsed = time.monotonic() - began
     assert elapsed < 5.0
     assert "cannot reach the Temporal server" in str(caught.value)

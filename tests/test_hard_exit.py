@@ -18,9 +18,26 @@ def test_exit_status_survives_the_hard_exit(tmp_path: Path, body: str, status: i
     env = {k: v for k, v in os.environ.items() if k != "SPINNER_NO_HARD_EXIT"}
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "tests.hard_exit", "-p", "no:cacheprovider",
-         "--rootdir", str(tmp_path), "-c", "/dev/null", str(tmp_path / "test_probe.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "tests.hard_exit",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            "/dev/null",
+            str(tmp_path / "test_probe.py"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == status, done.stdout + done.stderr
     assert ("1 failed" if status else "1 passed") in done.stdout

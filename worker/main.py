@@ -17,6 +17,7 @@ from activities.notify import NotifyActivities, WebhookSender
 from connectors.registry import ConnectorRegistry, default_connectors
 from enqueuer.settings import Settings
 from store import Store, open_store
+from worker.schedules import ensure_retention_schedule, retention_worker_parts
 from workflows.download_records import DownloadRecordsWorkflow
 
 log = structlog.get_logger(__name__)
@@ -45,15 +46,17 @@ def build_worker(
     download = DownloadActivities(store, connectors)
     notify = NotifyActivities(webhook)
     progress = settings.jobs.progress_interval
+    retention_workflows, retention_activities = retention_worker_parts(client)
     return Worker(
         client,
         task_queue=task_queue or settings.temporal.task_queue,
-        workflows=[DownloadRecordsWorkflow],
+        workflows=[DownloadRecordsWorkflow, *retention_workflows],
         activities=[
             download.resolve_tables,
             download.download_table,
             download.release_locks,
             notify.notify,
+            *retention_activities,
         ],
         # Heartbeat details carry live progress; let them through about once a second.
         max_heartbeat_throttle_interval=progress,
@@ -93,6 +96,7 @@ async def run_worker(settings: Settings, client: Client, stop: asyncio.Event) ->
     """Run a worker until ``stop`` is set."""
     async with worker_resources(settings) as (store, connectors, webhook):
         worker = build_worker(client, settings, store, connectors, webhook)
+        await ensure_retention_schedule(client, settings)
         log.info(
             "worker_started",
             task_queue=settings.temporal.task_queue,

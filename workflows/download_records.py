@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         DownloadRecordsWorkflowInput,
         DownloadTableInput,
         DownloadTableResult,
+        EventKind,
         JobEvent,
         JobProgress,
         JobResult,
@@ -38,6 +39,11 @@ with workflow.unsafe.imports_passed_through():
 
 _SHORT = timedelta(seconds=30)
 _SHORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=_SHORT)
+_JOB_END = {
+    EventKind.JOB_COMPLETED: JobStatus.COMPLETED,
+    EventKind.JOB_FAILED: JobStatus.FAILED,
+    EventKind.JOB_CANCELLED: JobStatus.CANCELLED,
+}
 
 
 @workflow.defn(name=wire.WORKFLOW_DOWNLOAD_RECORDS)
@@ -80,6 +86,18 @@ class _WorkflowOps:
             backoff_coefficient=r.backoff_coefficient,
             maximum_interval=r.maximum_interval,
         )
+        # The workflow's meter records nothing while replaying: no event counts twice.
+        meter = workflow.metric_meter()
+        self._tables_completed = meter.create_counter(
+            wire.METRIC_TABLES_COMPLETED, "Tables downloaded.", "tables"
+        )
+        self._tables_failed = meter.create_counter(
+            wire.METRIC_TABLES_FAILED, "Tables whose download failed for good.", "tables"
+        )
+        self._job_duration = meter.create_histogram_float(
+            wire.METRIC_JOB_DURATION, "Job run time, from start to close.", "s"
+        )
+        self._progress: JobProgress | None = None
 
     async def resolve_tables(self, input: ResolveTablesInput) -> ResolveTablesResult:
         try:
@@ -124,6 +142,7 @@ class _WorkflowOps:
         )
 
     async def notify(self, event: JobEvent) -> None:
+        self._record_metrics(event)
         workflow.logger.info(
             "job_event %s",
             event.kind.value,
@@ -136,7 +155,9 @@ class _WorkflowOps:
             },
         )
         retry = self._input.webhook_retry
-        if retry is not None:
+        if retry is None:
+            return
+        try:
             await workflow.execute_activity_method(
                 NotifyActivities.notify,
                 NotifyInput(event=event),
@@ -149,12 +170,44 @@ class _WorkflowOps:
                 ),
                 summary=f"Notify {event.kind.value}",
             )
+        except ActivityError as exc:
+            if is_cancelled_exception(exc):
+                raise asyncio.CancelledError from exc
+            # A receiver that stays down must not fail the download (the in-process
+            # backend gives up the same way): the event is dropped after its retries.
+            workflow.logger.warning(
+                "webhook_given_up %s",
+                event.event_id,
+                extra={"job_id": event.job_id, "attempts": retry.maximum_attempts},
+            )
 
     def now(self) -> datetime:
         return workflow.now()
 
     def progress_changed(self, progress: JobProgress) -> None:
+        self._progress = progress
         workflow.set_current_details(render_details(progress))
+
+    def _record_metrics(self, event: JobEvent) -> None:
+        """Count table outcomes by connector and time the job, from its events."""
+        progress = self._progress
+        if event.kind in (EventKind.TABLE_COMPLETED, EventKind.TABLE_FAILED):
+            table = progress.tables.get(event.table_id or "") if progress else None
+            # A table gone from the workbook never resolved to a connector.
+            connector = table.connector if table and table.connector else "unknown"
+            counter = (
+                self._tables_completed
+                if event.kind == EventKind.TABLE_COMPLETED
+                else self._tables_failed
+            )
+            counter.add(1, {"connector": connector})
+        elif event.kind in _JOB_END and progress and progress.started_at:
+            # progress_changed saw finished_at before the job's end event was sent.
+            finished = progress.finished_at or event.at
+            self._job_duration.record(
+                max(0.0, (finished - progress.started_at).total_seconds()),
+                {"status": _JOB_END[event.kind].value},
+            )
 
 
 def render_details(progress: JobProgress) -> str:

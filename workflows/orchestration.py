@@ -83,6 +83,7 @@ class JobRun:
 
         Raises:
             asyncio.CancelledError: the job was cancelled; locks are released first.
+
         """
         job = self._input
         tasks: list[asyncio.Task[None]] = []

@@ -9,6 +9,7 @@ from enqueuer.models import (
     DownloadRecordsWorkflowInput,
     JobProgress,
     JobResult,
+    JobStats,
 )
 
 
@@ -44,6 +45,10 @@ class JobBackend(Protocol):
 
     async def count_running(self) -> int:
         """Number of running download-records jobs (for the pending-jobs cap)."""
+        ...
+
+    async def stats(self) -> JobStats:
+        """Counts by status, rates, processing times and queue depth of the jobs."""
         ...
 
     async def aclose(self) -> None:

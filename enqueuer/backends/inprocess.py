@@ -9,9 +9,9 @@ event loop, so they end with the process: use Temporal for durability.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -26,6 +26,7 @@ from enqueuer.models import (
     JobEvent,
     JobProgress,
     JobResult,
+    JobStats,
     JobStatus,
     ReleaseLocksInput,
     ResolveTablesInput,
@@ -35,6 +36,7 @@ from enqueuer.models import (
     TableStatus,
 )
 from enqueuer.settings import RetentionSettings
+from enqueuer.stats import DEFAULT_SAMPLE, job_stats
 from workflows.orchestration import JobRun, TableFailedError
 
 log = structlog.get_logger(__name__)
@@ -69,6 +71,9 @@ class InProcessBackend:
         self._retention = retention
         self._webhook = webhook
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
+        # Tallies for stats(): retention drops job records, the counts must not drop.
+        self._closed: Counter[JobStatus] = Counter()
+        self._durations: deque[timedelta] = deque(maxlen=DEFAULT_SAMPLE)
 
     async def start(self, input: DownloadRecordsWorkflowInput, summary: str) -> str | None:
         """Start the job as a task; returns no run id."""
@@ -93,19 +98,28 @@ class InProcessBackend:
             log.exception("job_crashed", job_id=job_id, error=str(exc))
             progress = job.run.progress.model_copy(update={"status": JobStatus.FAILED})
             job.result = JobResult(job_id=job_id, status=JobStatus.FAILED, progress=progress)
+        self._closed[job.result.status] += 1
+        if job.result.duration is not None:
+            self._durations.append(job.result.duration)
         self._apply_retention()
 
     def _apply_retention(self) -> None:
-        """Keep the most recent N completed and M failed job records, like Temporal's sweep."""
-        keep = {
-            JobStatus.COMPLETED: self._retention.keep_completed,
-            JobStatus.FAILED: self._retention.keep_failed,
-        }
-        for status, limit in keep.items():
-            closed = [
-                jid for jid, j in self._jobs.items() if j.result and j.result.status == status
-            ]
-            for job_id in closed[: max(0, len(closed) - limit)]:
+        """Keep the most recent N completed and M failed jobs, like the Temporal sweep.
+
+        As there, "failed" means closed without success (failed or cancelled), and
+        recency is by finish time.
+        """
+        buckets: dict[bool, list[tuple[datetime, str]]] = {True: [], False: []}
+        for job_id, job in self._jobs.items():
+            if job.result is not None:
+                finished = job.result.progress.finished_at or datetime.min.replace(tzinfo=UTC)
+                buckets[job.result.status == JobStatus.COMPLETED].append((finished, job_id))
+        for completed, limit in (
+            (True, self._retention.keep_completed),
+            (False, self._retention.keep_failed),
+        ):
+            closed = sorted(buckets[completed])
+            for _, job_id in closed[: max(0, len(closed) - limit)]:
                 del self._jobs[job_id]
 
     def _job(self, job_id: str) -> _Job:
@@ -148,6 +162,22 @@ class InProcessBackend:
     async def count_running(self) -> int:
         """Jobs whose task is still going."""
         return sum(1 for j in self._jobs.values() if j.task and not j.task.done())
+
+    async def stats(self) -> JobStats:
+        """Figures of the jobs this process ran; queue depth = jobs running here."""
+        running = await self.count_running()
+        return job_stats(
+            self.kind,
+            task_queue=None,
+            counts={
+                "running": running,
+                "completed": self._closed[JobStatus.COMPLETED],
+                "failed": self._closed[JobStatus.FAILED],
+                "cancelled": self._closed[JobStatus.CANCELLED],
+            },
+            durations=self._durations,
+            queue_depth=running,
+        )
 
     async def aclose(self) -> None:
         """Cancel running jobs and wait for them to release their locks."""

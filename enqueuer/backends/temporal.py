@@ -12,6 +12,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from enqueuer import wire
@@ -22,11 +23,13 @@ from enqueuer.models import (
     DownloadRecordsWorkflowInput,
     JobProgress,
     JobResult,
+    JobStats,
     JobStatus,
     TableCheckpoint,
     TableStatus,
 )
 from enqueuer.settings import TemporalSettings
+from enqueuer.stats import temporal_stats
 
 T = TypeVar("T")
 
@@ -38,14 +41,22 @@ _STATUS = {
 }
 
 
-async def connect_client(settings: TemporalSettings) -> Client:
-    """Connect a Temporal client with the pydantic data converter."""
+async def connect_client(settings: TemporalSettings, *, runtime: Runtime | None = None) -> Client:
+    """Connect a Temporal client with the pydantic data converter.
+
+    Args:
+        settings: where the server is.
+        runtime: SDK runtime of the client and of workers built on it (e.g. one that
+            serves Prometheus metrics, see ``worker.metrics``); None for the default.
+
+    """
     return await Client.connect(
         settings.address,
         namespace=settings.namespace,
         data_converter=pydantic_data_converter,
         tls=settings.tls,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        runtime=runtime,
     )
 
 
@@ -55,11 +66,17 @@ class TemporalBackend:
     kind = Backend.TEMPORAL
 
     def __init__(
-        self, settings: TemporalSettings, timeout: timedelta, client: Client | None = None
+        self,
+        settings: TemporalSettings,
+        timeout: timedelta,
+        client: Client | None = None,
+        *,
+        runtime: Runtime | None = None,
     ) -> None:
         self._settings = settings
         self._timeout = timeout
         self._client = client
+        self._runtime = runtime
         self._connecting = asyncio.Lock()
         self._running_count: tuple[float, int] | None = None
 
@@ -73,7 +90,9 @@ class TemporalBackend:
         if self._client is None:
             async with self._connecting:
                 if self._client is None:
-                    self._client = await self._bounded(connect_client(self._settings))
+                    self._client = await self._bounded(
+                        connect_client(self._settings, runtime=self._runtime)
+                    )
         return self._client
 
     async def _bounded(self, call: Awaitable[T]) -> T:
@@ -231,6 +250,13 @@ class TemporalBackend:
         # Visibility lags; count our own starts until the cache refreshes.
         if self._running_count:
             self._running_count = (self._running_count[0], self._running_count[1] + 1)
+
+    async def stats(self) -> JobStats:
+        """Figures of the jobs on this backend's task queue, from the server."""
+        client = await self.client()
+        return await self._bounded(
+            temporal_stats(client, self._settings.task_queue, rpc_timeout=self._timeout)
+        )
 
     async def aclose(self) -> None:
         """Nothing to close: the SDK client has no explicit close."""
