@@ -78,7 +78,13 @@ async def engine_run(
             organization_id=ACTOR.organization_id,
             name="bench",
             tables=[
-                Table(id=f"tbl_{n}", workbook_id="wb_bench", name=n, connector="http", config=api.config(n))
+                Table(
+                    id=f"tbl_{n}",
+                    workbook_id="wb_bench",
+                    name=n,
+                    connector="http",
+                    config=api.config(n),
+                )
                 for n in names
             ],
         )
@@ -92,13 +98,18 @@ async def engine_run(
         "SPINNER_LOG_LEVEL": "warning",
     }
     with (folder / f"worker-{task_queue}.log").open("wb") as log:
-        worker = subprocess.Popen(
+        worker = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             [sys.executable, "-c", "from enqueuer.cli import main; main()", "worker"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
     try:
         client = await connect_client(settings.temporal)
-        enqueuer = Enqueuer(settings, store, TemporalBackend(settings.temporal, settings.enqueue_timeout, client))
+        enqueuer = Enqueuer(
+            settings, store, TemporalBackend(settings.temporal, settings.enqueue_timeout, client)
+        )
         await asyncio.sleep(2)  # let the worker connect and poll
         began = time.perf_counter()
         ref = await enqueuer.enqueue_download_records_job("wb_bench", ACTOR)
@@ -117,12 +128,26 @@ async def engine_run(
     return records, seconds, rss
 
 
-def plain_run(db_url: str, api: SampleApi, names: list[str], parallelism: int) -> tuple[int, float, float]:
+def plain_run(
+    db_url: str, api: SampleApi, names: list[str], parallelism: int
+) -> tuple[int, float, float]:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "plain_download.py"), "--base-url", api.base_url,
-         "--tables", ",".join(names), "--db", db_url, "--parallelism", str(parallelism),
-         "--report-rss"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "plain_download.py"),
+            "--base-url",
+            api.base_url,
+            "--tables",
+            ",".join(names),
+            "--db",
+            db_url,
+            "--parallelism",
+            str(parallelism),
+            "--report-rss",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     out = json.loads(done.stdout.strip().splitlines()[-1])
     return out["records"], out["seconds"], out["peak_rss_mb"]
@@ -141,7 +166,9 @@ def postgres_urls(enabled: bool) -> Iterator[tuple[str, str] | None]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tables", type=int, default=10)
     parser.add_argument("--records", type=int, default=100_000, help="records per table")
     parser.add_argument("--parallelism", type=int, default=4, help="tables downloaded at once")
@@ -152,16 +179,24 @@ async def main() -> None:
     total = args.tables * args.records
     rows: list[list[str]] = []
     ratios: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp, SampleApi(
-        {n: SampleTable(records=args.records, style="json_link", page_size=1000, seed=i) for i, n in enumerate(names)},
-        cache_bytes=1024 * 1024 * 1024,
-    ) as api:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SampleApi(
+            {
+                n: SampleTable(records=args.records, style="json_link", page_size=1000, seed=i)
+                for i, n in enumerate(names)
+            },
+            cache_bytes=1024 * 1024 * 1024,
+        ) as api,
+    ):
         folder = Path(tmp)
         print(f"warming the sample API cache ({total:,} records)...", flush=True)
         warm(api, names)
         async with dev_server(folder) as address:
             with postgres_urls(args.postgres) as pg:
-                stores = [("sqlite", f"sqlite:///{folder}/engine.db", f"sqlite:///{folder}/plain.db")]
+                stores = [
+                    ("sqlite", f"sqlite:///{folder}/engine.db", f"sqlite:///{folder}/plain.db")
+                ]
                 if pg:
                     stores.append(("postgresql", pg[0], pg[1]))
                 for label, engine_db, plain_db in stores:
@@ -173,10 +208,28 @@ async def main() -> None:
                     p_records, p_seconds, p_rss = plain_run(plain_db, api, names, args.parallelism)
                     assert e_records == p_records == total, (e_records, p_records, total)
                     e_rate, p_rate = e_records / e_seconds, p_records / p_seconds
-                    rows.append([label, "engine (dev server + 1 worker)", f"{e_seconds:.1f}", f"{e_rate:,.0f}", f"{e_rss:.0f}"])
-                    rows.append([label, "plain script (no engine)", f"{p_seconds:.1f}", f"{p_rate:,.0f}", f"{p_rss:.0f}"])
-                    ratios.append(f"{label}: engine/plain = {e_rate / p_rate:.2f}  (target >= 0.90); "
-                                  f"worker peak RSS {e_rss:.0f} MB (target <= 300)")
+                    rows.append(
+                        [
+                            label,
+                            "engine (dev server + 1 worker)",
+                            f"{e_seconds:.1f}",
+                            f"{e_rate:,.0f}",
+                            f"{e_rss:.0f}",
+                        ]
+                    )
+                    rows.append(
+                        [
+                            label,
+                            "plain script (no engine)",
+                            f"{p_seconds:.1f}",
+                            f"{p_rate:,.0f}",
+                            f"{p_rss:.0f}",
+                        ]
+                    )
+                    ratios.append(
+                        f"{label}: engine/plain = {e_rate / p_rate:.2f}  (target >= 0.90); "
+                        f"worker peak RSS {e_rss:.0f} MB (target <= 300)"
+                    )
     print_table(
         f"Download of {args.tables} tables x {args.records:,} records (pages of 1,000, "
         f"{args.parallelism} tables at once) from a loopback HTTP source",

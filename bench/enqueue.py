@@ -21,15 +21,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import dev_server, percentile, print_table  # noqa: E402
-from enqueuer.backends.temporal import TemporalBackend, connect_client  # noqa: E402
-from enqueuer.client import Enqueuer  # noqa: E402
-from enqueuer.models import JOB_TYPE_DOWNLOAD_RECORDS, Actor, DownloadRecordsJobInput, Table, Workbook  # noqa: E402
-from enqueuer.settings import Settings  # noqa: E402
-from enqueuer.logs import configure_logging  # noqa: E402
-from enqueuer import wire  # noqa: E402
-from store.sqlite import SqliteStore  # noqa: E402
-from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa: E402
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+
+from bench.common import dev_server, percentile, print_table
+from enqueuer import wire
+from enqueuer.backends.temporal import TemporalBackend, connect_client
+from enqueuer.client import Enqueuer
+from enqueuer.logs import configure_logging
+from enqueuer.models import (
+    JOB_TYPE_DOWNLOAD_RECORDS,
+    Actor,
+    DownloadRecordsJobInput,
+    Table,
+    Workbook,
+)
+from enqueuer.settings import Settings
+from store.sqlite import SqliteStore
 
 ACTOR = Actor(user_id="u_bench", organization_id="org_bench")
 
@@ -91,9 +98,13 @@ async def main() -> None:
                     )
                 )
             enqueuer = Enqueuer(
-                settings, store, TemporalBackend(settings.temporal, settings.enqueue_timeout, client)
+                settings,
+                store,
+                TemporalBackend(settings.temporal, settings.enqueue_timeout, client),
             )
-            template = enqueuer._workflow_input("x", DownloadRecordsJobInput(workbook_id="wb", actor=ACTOR), ["t"])
+            template = enqueuer._workflow_input(
+                "x", DownloadRecordsJobInput(workbook_id="wb", actor=ACTOR), ["t"]
+            )
 
             async def ours(i: int) -> None:
                 await enqueuer.enqueue_download_records_job(f"wb_{i}", ACTOR)
@@ -103,7 +114,9 @@ async def main() -> None:
                 job = DownloadRecordsJobInput(workbook_id=f"wb_{i}", actor=ACTOR)
                 await client.start_workflow(
                     wire.WORKFLOW_DOWNLOAD_RECORDS,
-                    template.model_copy(update={"job_id": job_id, "job": job, "table_ids": [f"wb_{i}_t"]}),
+                    template.model_copy(
+                        update={"job_id": job_id, "job": job, "table_ids": [f"wb_{i}_t"]}
+                    ),
                     id=job_id,
                     task_queue=settings.temporal.task_queue,
                     search_attributes=TypedSearchAttributes(
@@ -121,8 +134,12 @@ async def main() -> None:
             for i in range(20):
                 await bare(i)
             rows = [
-                await measure("bare client.start_workflow", bare, args.sequential, args.jobs, args.concurrency),
-                await measure("spinner-jobs enqueue", ours, args.sequential, args.jobs, args.concurrency),
+                await measure(
+                    "bare client.start_workflow", bare, args.sequential, args.jobs, args.concurrency
+                ),
+                await measure(
+                    "spinner-jobs enqueue", ours, args.sequential, args.jobs, args.concurrency
+                ),
             ]
             store.close()
     ratio = float(rows[1][3].replace(",", "")) / float(rows[0][3].replace(",", ""))

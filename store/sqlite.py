@@ -317,9 +317,11 @@ class SqliteStore:
 
     def count_records(self, table_id: str) -> int:
         """Number of records stored for the table."""
-        row = self._conn().execute(
-            "SELECT count(*) FROM records WHERE table_id = ?", (table_id,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT count(*) FROM records WHERE table_id = ?", (table_id,))
+            .fetchone()
+        )
         return int(row[0])
 
     def record_ids(self, table_id: str) -> list[str]:

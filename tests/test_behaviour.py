@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -202,7 +203,7 @@ async def test_bad_input_is_a_typed_error_and_starts_nothing(
     enqueuer: Enqueuer,
     sqlite_store: SqliteStore,
     make_workbook,
-    kwargs: dict,
+    kwargs: dict[str, Any],
     error: type[Exception],
     words: str,
 ) -> None:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -46,7 +47,7 @@ def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _events(log: Path) -> list[dict]:
+def _events(log: Path) -> list[dict[str, Any]]:
     lines = log.read_text().splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")]
 
@@ -75,7 +76,9 @@ async def test_sigkilled_worker_is_replaced_and_the_table_resumes_exactly(
         )
     )
     settings = settings.model_copy(
-        update={"jobs": settings.jobs.model_copy(update={"heartbeat_timeout": timedelta(seconds=3)})}
+        update={
+            "jobs": settings.jobs.model_copy(update={"heartbeat_timeout": timedelta(seconds=3)})
+        }
     )
     env = {
         **os.environ,
@@ -89,9 +92,13 @@ async def test_sigkilled_worker_is_replaced_and_the_table_resumes_exactly(
     first = _start_worker(env, first_log)
     second = None
     try:
-        backend = TemporalBackend(settings.temporal, settings.enqueue_timeout, client=dev_env.client)
+        backend = TemporalBackend(
+            settings.temporal, settings.enqueue_timeout, client=dev_env.client
+        )
         enqueuer = Enqueuer(settings, store, backend)
-        ref = await enqueuer.enqueue_download_records_job("wb_crash", Actor(user_id="u", organization_id="org_1"))
+        ref = await enqueuer.enqueue_download_records_job(
+            "wb_crash", Actor(user_id="u", organization_id="org_1")
+        )
 
         async def a_quarter_done() -> bool:
             return store.count_records("tbl_big") >= RECORDS // 4

@@ -58,14 +58,17 @@ async def test_bearer_token_reaches_the_source_but_no_history_or_log(
             )
         )
         async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enq:
-            ref = await enq.enqueue_download_records_job("wb_auth", Actor(user_id="u", organization_id="org_1"))
+            ref = await enq.enqueue_download_records_job(
+                "wb_auth", Actor(user_id="u", organization_id="org_1")
+            )
             result = await enq.wait(ref.job_id)
         served = [r for r in api.requests if r.table == "a"]
 
     assert result.status == JobStatus.COMPLETED
     assert sqlite_store.count_records("tbl_a") == 500
     # The source did get the token...
-    assert served and all(r.headers.get("authorization") == f"Bearer {SECRET}" for r in served)
+    assert served
+    assert all(r.headers.get("authorization") == f"Bearer {SECRET}" for r in served)
     # ...but nothing Temporal stores or we log contains it.
     history = await dev_env.client.get_workflow_handle(ref.job_id).fetch_history()
     assert SECRET not in history.to_json()

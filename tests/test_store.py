@@ -23,7 +23,6 @@ from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
 from store import Store, open_store
 from store.postgres import PostgresStore, redact_url
 from store.sqlite import SqliteStore
-
 from tests.pg import fresh_schema
 
 SYNCED_AT = datetime(2024, 5, 1, 14, 30, tzinfo=timezone(timedelta(hours=2)))

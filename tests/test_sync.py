@@ -73,5 +73,6 @@ async def test_second_sync_deletes_what_the_source_dropped_but_keeps_local_edits
     assert any_store.record_ids("tbl_people") == expected
     assert any_store.get_record("tbl_people", "rec_0000003") == {"name": "edited here"}
     synced_twice = any_store.get_workbook("wb_sync").tables[0]  # type: ignore[union-attr]
-    assert synced_twice.last_synced_at is not None and synced_twice.last_synced_at > synced_once
+    assert synced_twice.last_synced_at is not None
+    assert synced_twice.last_synced_at > synced_once
     assert synced_twice.locked_by is None
