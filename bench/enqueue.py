@@ -41,29 +41,59 @@ from store.sqlite import SqliteStore
 ACTOR = Actor(user_id="u_bench", organization_id="org_bench")
 
 
-async def measure(
-    name: str, call: Callable[[int], Awaitable[None]], sequential: int, jobs: int, concurrency: int
-) -> list[str]:
+async def timed_calls(call: Callable[[int], Awaitable[None]], ids: range) -> list[float]:
     latencies: list[float] = []
-    for i in range(sequential):
+    for i in ids:
         began = time.perf_counter()
         await call(i)
         latencies.append((time.perf_counter() - began) * 1000)
+    return latencies
+
+
+async def throughput(
+    call: Callable[[int], Awaitable[None]], ids: range, concurrency: int
+) -> tuple[int, float]:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with gate:
-            await call(sequential + i)
+            await call(i)
 
     began = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(jobs)))
-    throughput = jobs / (time.perf_counter() - began)
-    return [
-        name,
-        f"{percentile(latencies, 50):.1f}",
-        f"{percentile(latencies, 99):.1f}",
-        f"{throughput:,.0f}",
-    ]
+    await asyncio.gather(*(one(i) for i in ids))
+    return len(ids), time.perf_counter() - began
+
+
+async def compare(
+    paths: dict[str, Callable[[int], Awaitable[None]]], sequential: int, jobs: int, concurrency: int
+) -> list[list[str]]:
+    """Measure each path in A-B-B-A order, so a server slowing as it fills hurts both alike."""
+    names = list(paths)
+    order = [names[0], names[1], names[1], names[0]]
+    latencies: dict[str, list[float]] = {n: [] for n in names}
+    runs: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
+    next_id = 0
+    for name in order:
+        ids = range(next_id, next_id + sequential // 2)
+        next_id = ids.stop
+        latencies[name] += await timed_calls(paths[name], ids)
+    for name in order:
+        ids = range(next_id, next_id + jobs // 2)
+        next_id = ids.stop
+        runs[name].append(await throughput(paths[name], ids, concurrency))
+    rows = []
+    for name in names:
+        count = sum(c for c, _ in runs[name])
+        seconds = sum(s for _, s in runs[name])
+        rows.append(
+            [
+                name,
+                f"{percentile(latencies[name], 50):.1f}",
+                f"{percentile(latencies[name], 99):.1f}",
+                f"{count / seconds:,.0f}",
+            ]
+        )
+    return rows
 
 
 async def main() -> None:
@@ -72,7 +102,7 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000, help="calls in the throughput run")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight at once")
     args = parser.parse_args()
-    per_side = args.sequential + args.jobs
+    per_side = 2 * (args.sequential + args.jobs)
 
     configure_logging("console", "warning")
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,14 +163,12 @@ async def main() -> None:
             # Warm both paths (connections, caches) before timing.
             for i in range(20):
                 await bare(i)
-            rows = [
-                await measure(
-                    "bare client.start_workflow", bare, args.sequential, args.jobs, args.concurrency
-                ),
-                await measure(
-                    "spinner-jobs enqueue", ours, args.sequential, args.jobs, args.concurrency
-                ),
-            ]
+            rows = await compare(
+                {"bare client.start_workflow": bare, "spinner-jobs enqueue": ours},
+                args.sequential,
+                args.jobs,
+                args.concurrency,
+            )
             store.close()
     ratio = float(rows[1][3].replace(",", "")) / float(rows[0][3].replace(",", ""))
     print_table(
