@@ -172,7 +172,9 @@ async def main() -> None:
     parser.add_argument("--tables", type=int, default=10)
     parser.add_argument("--records", type=int, default=100_000, help="records per table")
     parser.add_argument("--parallelism", type=int, default=4, help="tables downloaded at once")
-    parser.add_argument("--postgres", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--stores", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
+    )
     args = parser.parse_args()
     configure_logging("console", "warning")
     names = [f"t{i:02d}" for i in range(args.tables)]
@@ -193,10 +195,12 @@ async def main() -> None:
         print(f"warming the sample API cache ({total:,} records)...", flush=True)
         warm(api, names)
         async with dev_server(folder) as address:
-            with postgres_urls(args.postgres) as pg:
-                stores = [
-                    ("sqlite", f"sqlite:///{folder}/engine.db", f"sqlite:///{folder}/plain.db")
-                ]
+            with postgres_urls("postgresql" in args.stores) as pg:
+                stores = []
+                if "sqlite" in args.stores:
+                    stores.append(
+                        ("sqlite", f"sqlite:///{folder}/engine.db", f"sqlite:///{folder}/plain.db")
+                    )
                 if pg:
                     stores.append(("postgresql", pg[0], pg[1]))
                 for label, engine_db, plain_db in stores:

@@ -62,9 +62,11 @@ _SCHEMA = (
         secret text NOT NULL,
         header text NOT NULL
     )""",
+    # Ids are opaque keys: byte-order ("C") comparisons are faster than a linguistic
+    # collation's and sort the same on every server.
     """CREATE TABLE IF NOT EXISTS records (
-        table_id text NOT NULL,
-        remote_id text NOT NULL,
+        table_id text COLLATE "C" NOT NULL,
+        remote_id text COLLATE "C" NOT NULL,
         fields jsonb NOT NULL,
         dirty boolean NOT NULL DEFAULT false,
         seen_by text,
@@ -85,7 +87,7 @@ _SCHEMA = (
 # Rows vanish at commit or rollback, so a failed page leaves nothing behind.
 _PAGE_TABLE = """CREATE TEMP TABLE IF NOT EXISTS spinner_page (
     ord integer NOT NULL,
-    remote_id text,
+    remote_id text COLLATE "C",
     fields jsonb
 ) ON COMMIT DELETE ROWS"""
 

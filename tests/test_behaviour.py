@@ -20,6 +20,7 @@ from enqueuer import (
     JobConflictError,
     JobNotFoundError,
     JobStatus,
+    QueueFullError,
     TableNotFoundError,
     TableStatus,
     WorkbookNotFoundError,
@@ -262,3 +263,20 @@ async def test_cancel_releases_locks_mid_download(
     assert sqlite_store.locks_held_by(ref.job_id) == []
     assert all(t.status == TableStatus.CANCELLED for t in result.progress.tables.values())
     assert timedelta(0) < (result.progress.finished_at - result.progress.started_at)  # type: ignore[operator]
+
+
+async def test_queue_full_when_the_pending_cap_is_reached(
+    enqueuer: Enqueuer, sqlite_store: SqliteStore, make_workbook
+) -> None:
+    enqueuer.settings = enqueuer.settings.model_copy(
+        update={"jobs": enqueuer.settings.jobs.model_copy(update={"max_pending": 1})}
+    )
+    wb = make_workbook(slow=demo(5000, page_size=20, page_delay=0.02), other=demo(10))
+    first = await enqueuer.enqueue_download_records_job(wb.id, ACTOR, table_ids=[f"{wb.id}_slow"])
+    with pytest.raises(QueueFullError) as caught:
+        await enqueuer.enqueue_download_records_job(wb.id, ACTOR, table_ids=[f"{wb.id}_other"])
+    assert "cap 1" in str(caught.value)
+    # Nothing of the refused job was left behind: its table is not locked.
+    assert sqlite_store.get_workbook(wb.id).tables[1].locked_by is None  # type: ignore[union-attr]
+    await enqueuer.cancel(first.job_id)
+    await enqueuer.wait(first.job_id)
