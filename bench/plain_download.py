@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import httpx
+import orjson
 
 UPSERT = (
     "INSERT INTO records (table_id, remote_id, fields) VALUES ({p}, {p}, {p}) "
@@ -88,8 +89,8 @@ async def download(client: httpx.AsyncClient, sink: Sink, url: str, table: str) 
     while next_url:
         response = await client.get(next_url)
         response.raise_for_status()
-        body = response.json()
-        rows = [(table, str(r["id"]), json.dumps(r, separators=(",", ":"))) for r in body["data"]]
+        body = orjson.loads(response.content)
+        rows = [(table, str(r["id"]), orjson.dumps(r).decode()) for r in body["data"]]
         await asyncio.to_thread(sink.write, rows)
         count += len(rows)
         next_url = body["links"].get("next")

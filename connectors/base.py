@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from enqueuer.models import ConnectorAccount, Table
+
+RecordRow = tuple[str, Mapping[str, Any]]
+"""A record as a bare ``(remote_id, fields)`` pair: what pages carry on the hot path."""
 
 
 class Record(NamedTuple):
@@ -24,7 +27,7 @@ class Page:
     starting cursor; ``None`` means this was the last page.
     """
 
-    records: list[Record]
+    records: Sequence[RecordRow]
     next_cursor: str | None
 
 

@@ -73,7 +73,7 @@ def worker() -> None:
 async def _worker(settings: Settings) -> None:
     from enqueuer.backends.temporal import TemporalBackend
     from worker.devserver import ensure_search_attributes
-    from worker.main import run_worker
+    from worker.main import run_worker, tune_gc
     from worker.metrics import metrics_runtime
 
     stop = await _stop_on_signals()
@@ -82,6 +82,7 @@ async def _worker(settings: Settings) -> None:
         settings.temporal, settings.enqueue_timeout, runtime=runtime
     ).client()
     await ensure_search_attributes(client)
+    tune_gc()
     await run_worker(settings, client, stop)
 
 
@@ -94,7 +95,7 @@ def dev() -> None:
 
 async def _dev(settings: Settings) -> None:
     from enqueuer.backends.temporal import TemporalBackend
-    from worker.main import run_worker
+    from worker.main import run_worker, tune_gc
     from worker.metrics import metrics_runtime
 
     stop = await _stop_on_signals()
@@ -104,6 +105,7 @@ async def _dev(settings: Settings) -> None:
             settings.temporal, settings.enqueue_timeout, runtime=runtime
         ).client()
         console.print(f"Web UI: {settings.temporal.ui_url}   (Ctrl-C stops everything)")
+        tune_gc()
         await run_worker(settings, client, stop)
 
 
@@ -170,7 +172,7 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
     from connectors.sample_api import SampleApi, SampleTable, Style, sample_table_config
     from enqueuer.backends.temporal import TemporalBackend
     from store import open_store
-    from worker.main import build_worker, worker_resources
+    from worker.main import build_worker, tune_gc, worker_resources
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # Logs go to a file so the progress bars stay readable.
@@ -207,6 +209,7 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
                 ],
             )
             await asyncio.to_thread(store.put_workbook, workbook)
+            tune_gc()
             async with (
                 worker_resources(settings, store) as (st, connectors, webhook),
                 build_worker(client, settings, st, connectors, webhook),

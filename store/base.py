@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from connectors.base import Record
+from connectors.base import RecordRow
 from enqueuer.models import ConnectorAccount, TableCheckpoint, Workbook
 
 
@@ -76,7 +76,7 @@ class Store(Protocol):
     # --- records ---------------------------------------------------------------------
 
     def write_page(
-        self, table_id: str, job_id: str, records: Sequence[Record], checkpoint: TableCheckpoint
+        self, table_id: str, job_id: str, records: Sequence[RecordRow], checkpoint: TableCheckpoint
     ) -> None:
         """Upsert ``records`` and save ``checkpoint`` in one transaction.
 

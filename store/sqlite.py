@@ -11,7 +11,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.base import Record
+import orjson
+
+from connectors.base import RecordRow
 from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
 from store.base import SyncSummary
 
@@ -67,7 +69,10 @@ ON CONFLICT (table_id, remote_id) DO UPDATE SET
     seen_by = excluded.seen_by
 """
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+def _dumps(value: Any) -> str:
+    """Compact JSON text (orjson: the encoding of records is on the hot path)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class SqliteStore:
@@ -262,10 +267,14 @@ class SqliteStore:
     # --- records ---------------------------------------------------------------------
 
     def write_page(
-        self, table_id: str, job_id: str, records: Sequence[Record], checkpoint: TableCheckpoint
+        self, table_id: str, job_id: str, records: Sequence[RecordRow], checkpoint: TableCheckpoint
     ) -> None:
         """Upsert a page and save the checkpoint in one transaction."""
-        rows = [(table_id, r.remote_id, _dumps(r.fields), job_id) for r in records]
+        dumps, option = orjson.dumps, orjson.OPT_NON_STR_KEYS
+        rows = [
+            (table_id, remote_id, dumps(fields, option=option).decode(), job_id)
+            for remote_id, fields in records
+        ]
         with self._write() as conn:
             conn.executemany(_UPSERT_RECORD, rows)
             conn.execute(

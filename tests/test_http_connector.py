@@ -61,7 +61,7 @@ async def read_pages(
 
 
 def ids(pages: list[Page]) -> list[str]:
-    return [r.remote_id for p in pages for r in p.records]
+    return [remote_id for p in pages for remote_id, _ in p.records]
 
 
 def account(auth: str, header: str = "X-API-Key", secret: str = SECRET) -> ConnectorAccount:
@@ -88,8 +88,9 @@ async def test_every_style_reads_each_record_once_in_order(
         assert len(pages) == (1 if style == "single_page" else -(-records // 1000))
         assert len(api.requests) == len(pages)
         first = pages[0].records[0]
-        assert first.fields["id"] == first.remote_id
-        assert first.fields["index"] == 0
+        remote_id, fields = first
+        assert fields["id"] == remote_id
+        assert fields["index"] == 0
 
 
 @pytest.mark.parametrize("style", [s for s in STYLES if s != "single_page"])
