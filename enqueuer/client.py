@@ -157,32 +157,22 @@ class Enqueuer:
 
         """
         job = self._validate(workbook_id, actor, table_ids, metadata)
-        workbook = await asyncio.to_thread(self.store.get_workbook, job.workbook_id)
-        if workbook is None or workbook.organization_id != job.actor.organization_id:
-            raise WorkbookNotFoundError(job.workbook_id)
-        known = [t.id for t in workbook.tables]
-        wanted = list(dict.fromkeys(job.table_ids)) if job.table_ids is not None else known
-        unknown = [t for t in wanted if t not in known]
-        if unknown:
-            raise TableNotFoundError(job.workbook_id, unknown)
-        if not wanted:
-            raise InvalidJobError("table_ids", f"workbook {job.workbook_id!r} has no tables")
-
-        running = await self.backend.count_running()
-        if running >= self.settings.jobs.max_pending:
-            raise QueueFullError(running, self.settings.jobs.max_pending)
-
         job_id = f"download-records-{uuid.uuid4().hex[:16]}"
-        await self._lock(wanted, job_id)
-        input = self._workflow_input(job_id, job, wanted)
-        summary = (
-            f"Download {len(wanted)} table{'s' * (len(wanted) != 1)} of workbook "
-            f"{job.workbook_id} for user {job.actor.user_id}"
-        )
+        # One trip to the store thread: look the workbook up, check the tables, lock them.
+        wanted, held = await asyncio.to_thread(self._reserve_tables, job, job_id)
         try:
-            run_id = await self.backend.start(input, summary)
+            if held:
+                await self._take_over_stale_locks(wanted, job_id, held)
+            running = await self.backend.count_running()
+            if running >= self.settings.jobs.max_pending:
+                raise QueueFullError(running, self.settings.jobs.max_pending)
+            summary = (
+                f"Download {len(wanted)} table{'s' * (len(wanted) != 1)} of workbook "
+                f"{job.workbook_id} for user {job.actor.user_id}"
+            )
+            run_id = await self.backend.start(self._workflow_input(job_id, job, wanted), summary)
         except BaseException:
-            # Nothing half-started: the locks go back if the job did not start.
+            # Nothing half-started: whatever stopped the job, its locks go back.
             await asyncio.to_thread(self.store.unlock_tables, wanted, job_id)
             raise
         log.info(
@@ -232,23 +222,44 @@ class Enqueuer:
             raise InvalidJobError("table_ids", "empty list; pass None for all tables")
         return job
 
-    async def _lock(self, table_ids: list[str], job_id: str) -> None:
-        """Lock the tables for ``job_id``; locks of jobs that are gone are taken over."""
-        for _ in range(2):
-            held = await asyncio.to_thread(self.store.lock_tables, table_ids, job_id)
-            if not held:
-                return
-            holders = sorted(set(held.values()))
-            alive = [h for h in holders if await self.backend.is_running(h)]
-            if alive:
-                tables = [t for t, h in held.items() if h == alive[0]]
-                raise JobConflictError(alive[0], tables)
-            # The holders closed without releasing (e.g. terminated): the locks are stale.
-            for holder in holders:
-                stale = [t for t, h in held.items() if h == holder]
-                log.warning("stale_lock_released", job_id=holder, tables=stale)
-                await asyncio.to_thread(self.store.unlock_tables, stale, holder)
-        raise JobConflictError(holders[0], list(held))
+    def _reserve_tables(
+        self, job: DownloadRecordsJobInput, job_id: str
+    ) -> tuple[list[str], dict[str, str]]:
+        """Check the workbook and tables against the catalog, then lock the tables.
+
+        Returns:
+            The table ids of the job, and the locks other jobs hold on them (``{}``
+            when the tables are now locked for ``job_id``).
+        """
+        workbook = self.store.get_workbook(job.workbook_id)
+        if workbook is None or workbook.organization_id != job.actor.organization_id:
+            raise WorkbookNotFoundError(job.workbook_id)
+        known = [t.id for t in workbook.tables]
+        wanted = list(dict.fromkeys(job.table_ids)) if job.table_ids is not None else known
+        unknown = [t for t in wanted if t not in known]
+        if unknown:
+            raise TableNotFoundError(job.workbook_id, unknown)
+        if not wanted:
+            raise InvalidJobError("table_ids", f"workbook {job.workbook_id!r} has no tables")
+        return wanted, self.store.lock_tables(wanted, job_id)
+
+    async def _take_over_stale_locks(
+        self, table_ids: list[str], job_id: str, held: dict[str, str]
+    ) -> None:
+        """Take over locks whose holders have closed, or raise JobConflictError."""
+        holders = sorted(set(held.values()))
+        for holder in holders:
+            if await self.backend.is_running(holder):
+                raise JobConflictError(holder, [t for t, h in held.items() if h == holder])
+        # The holders closed without releasing (e.g. terminated): the locks are stale.
+        for holder in holders:
+            stale = [t for t, h in held.items() if h == holder]
+            log.warning("stale_lock_released", job_id=holder, tables=stale)
+            await asyncio.to_thread(self.store.unlock_tables, stale, holder)
+        again = await asyncio.to_thread(self.store.lock_tables, table_ids, job_id)
+        if again:
+            holder = sorted(set(again.values()))[0]
+            raise JobConflictError(holder, [t for t, h in again.items() if h == holder])
 
     def _workflow_input(
         self, job_id: str, job: DownloadRecordsJobInput, table_ids: list[str]
