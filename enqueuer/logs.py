@@ -11,6 +11,7 @@ import sys
 from typing import Literal
 
 import structlog
+from temporalio import activity, workflow
 
 
 def configure_logging(
@@ -48,8 +49,12 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    # The SDK's loggers put the workflow/activity info in `extra`; show it as key-values
+    # (job id = workflow id) instead of a dict appended to the message.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _flatten_temporal_info],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if fmt == "json" else _identity,
@@ -63,6 +68,21 @@ def configure_logging(
     root.setLevel(level.upper())
     # httpx logs every request at info; keep it for debugging only.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+_TEMPORAL_KEYS = ("workflow_id", "run_id", "activity_type", "attempt")
+
+
+def _flatten_temporal_info(
+    _logger: object, _name: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    for key in ("temporal_workflow", "temporal_activity"):
+        info = event.pop(key, None)
+        if isinstance(info, dict):
+            for name in _TEMPORAL_KEYS:
+                if name in info:
+                    event.setdefault(name, info[name])
+    return event
 
 
 def _identity(

@@ -144,9 +144,9 @@ class _WorkflowOps:
     async def notify(self, event: JobEvent) -> None:
         self._record_metrics(event)
         workflow.logger.info(
-            "job_event %s",
-            event.kind.value,
+            "job_event",
             extra={
+                "kind": event.kind.value,
                 "job_id": event.job_id,
                 "workbook_id": event.workbook_id,
                 "table_id": event.table_id,
@@ -176,9 +176,13 @@ class _WorkflowOps:
             # A receiver that stays down must not fail the download (the in-process
             # backend gives up the same way): the event is dropped after its retries.
             workflow.logger.warning(
-                "webhook_given_up %s",
-                event.event_id,
-                extra={"job_id": event.job_id, "attempts": retry.maximum_attempts},
+                "webhook_given_up",
+                extra={
+                    "event_id": event.event_id,
+                    "job_id": event.job_id,
+                    "workbook_id": event.workbook_id,
+                    "attempts": retry.maximum_attempts,
+                },
             )
 
     def now(self) -> datetime:
