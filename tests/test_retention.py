@@ -25,7 +25,6 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
@@ -44,7 +43,6 @@ from enqueuer.models import (
 from enqueuer.settings import RetentionSettings, Settings
 from store.sqlite import SqliteStore
 from tests.helpers import demo, eventually, temporal_enqueuer
-from worker.devserver import temporal_cli
 from worker.schedules import (
     ensure_retention_schedule,
     retention_schedule_id,
@@ -227,32 +225,6 @@ async def test_sweep_keeps_the_newest_10_completed_and_5_failed_jobs(
 
 # --- dev server: real visibility, real deletes, real schedule -----------------------------
 
-# DeleteWorkflowExecution is asynchronous: a closed run goes only once the history
-# queues have checkpointed past its close, which with the defaults takes up to about
-# a minute (measured here: 31-51 s). Checkpointing every second makes it take ~1 s.
-_FAST_DELETE_FLAGS = [
-    "--dynamic-config-value",
-    'history.transferProcessorUpdateAckInterval="1s"',
-    "--dynamic-config-value",
-    'history.visibilityProcessorUpdateAckInterval="1s"',
-]
-
-
-@pytest.fixture(scope="module")
-async def fast_delete_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A dev server like ``dev_env`` whose deletions take effect within about a second."""
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(temporal_cli()),
-        search_attributes=wire.SEARCH_ATTRIBUTES,
-        dev_server_log_level="error",
-        dev_server_extra_args=_FAST_DELETE_FLAGS,
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
-
 
 async def _listed(client: Client, query: str) -> dict[str, WorkflowExecutionStatus | None]:
     return {w.id: w.status async for w in client.list_workflows(query)}
@@ -270,14 +242,14 @@ async def _gone(client: Client, job_id: str) -> bool:
 
 @pytest.mark.usefixtures("quiet_failed_activities")
 async def test_sweep_deletes_the_oldest_closed_jobs_on_the_dev_server(
-    fast_delete_env: WorkflowEnvironment,
+    dev_env: WorkflowEnvironment,
     settings: Settings,
     sqlite_store: SqliteStore,
     make_workbook,
     connectors: ConnectorRegistry,
 ) -> None:
     ok, bad, slow = make_workbook(t=OK), make_workbook(t=BAD), make_workbook(t=SLOW)
-    client = fast_delete_env.client
+    client = dev_env.client
     queue = settings.temporal.task_queue
     # This test's jobs only: the session's dev server holds other tests' jobs too.
     scope = f'TaskQueue="{queue}"'
