@@ -89,6 +89,18 @@ class EnqueueConnectionError(SpinnerError, ConnectionError):
         )
 
 
+class ServerSetupError(SpinnerError):
+    """The Temporal namespace lacks what the engine needs (its search attributes)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"the Temporal namespace is not set up for spinner-jobs ({detail}); start a "
+            "worker once (it registers the search attributes) or create them with "
+            "`temporal operator search-attribute create --name WorkbookId --type Keyword` "
+            "(and UserId, OrganizationId, JobType)"
+        )
+
+
 class JobFailedError(SpinnerError):
     """Raised by ``wait`` when a job ended failed; names the failed tables."""
 

@@ -7,11 +7,15 @@ import time
 from datetime import timedelta
 
 import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
-from enqueuer import Actor, EnqueueConnectionError, Enqueuer
+from enqueuer import Actor, EnqueueConnectionError, Enqueuer, ServerSetupError
+from enqueuer.backends.temporal import TemporalBackend
 from enqueuer.settings import Settings
 from store.sqlite import SqliteStore
 from tests.helpers import demo
+from worker.devserver import temporal_cli
 
 
 def _closed_port() -> int:
@@ -42,3 +46,26 @@ async def test_unreachable_server_raises_connection_error_within_timeout(
     assert elapsed < 5.0
     assert "cannot reach the Temporal server" in str(caught.value)
     assert sqlite_store.get_workbook(wb.id).tables[0].locked_by is None  # type: ignore[union-attr]
+
+
+async def test_a_server_without_the_search_attributes_is_a_setup_error(
+    settings: Settings, sqlite_store: SqliteStore, make_workbook
+) -> None:
+    # A bare dev server that no worker of ours has set up yet.
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        dev_server_log_level="error",
+    )
+    try:
+        backend = TemporalBackend(settings.temporal, settings.enqueue_timeout, client=env.client)
+        enqueuer = Enqueuer(settings, sqlite_store, backend)
+        wb = make_workbook(t=demo(10))
+        with pytest.raises(ServerSetupError) as caught:
+            await enqueuer.enqueue_download_records_job(
+                wb.id, Actor(user_id="u", organization_id="org_1")
+            )
+        assert "search-attribute create" in str(caught.value)
+        assert sqlite_store.get_workbook(wb.id).tables[0].locked_by is None  # type: ignore[union-attr]
+    finally:
+        await env.shutdown()

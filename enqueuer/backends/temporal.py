@@ -16,7 +16,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from enqueuer import wire
-from enqueuer.errors import EnqueueConnectionError, JobNotFoundError
+from enqueuer.errors import EnqueueConnectionError, JobNotFoundError, ServerSetupError
 from enqueuer.models import (
     JOB_TYPE_DOWNLOAD_RECORDS,
     Backend,
@@ -106,6 +106,8 @@ class TemporalBackend:
         except RPCError as exc:
             if exc.status in _UNREACHABLE:
                 raise EnqueueConnectionError(self._settings.address, exc.message) from exc
+            if exc.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in exc.message:
+                raise ServerSetupError(exc.message) from exc
             raise
         except RuntimeError as exc:  # the SDK's "Failed client connect"
             if "connect" in str(exc).lower():

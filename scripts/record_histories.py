@@ -1,0 +1,96 @@
+"""Record workflow histories for the replay test (tests/test_replay.py).
+
+Runs real jobs on a dev server with a real worker and saves their histories to
+tests/histories/. Re-record only on purpose: a history recorded before a workflow
+change is what proves the change still replays (is deterministic) for running jobs.
+
+    .venv/bin/python scripts/record_histories.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+
+from connectors.registry import default_connectors  # noqa: E402
+from enqueuer import Actor, wire  # noqa: E402
+from enqueuer.logs import configure_logging  # noqa: E402
+from enqueuer.models import Table, Workbook  # noqa: E402
+from enqueuer.settings import Settings  # noqa: E402
+from store.sqlite import SqliteStore  # noqa: E402
+from tests.helpers import eventually, temporal_enqueuer  # noqa: E402
+from worker.devserver import temporal_cli  # noqa: E402
+
+OUT = ROOT / "tests" / "histories"
+
+
+async def main() -> None:
+    configure_logging("console", "warning")
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=wire.SEARCH_ATTRIBUTES,
+    )
+    folder = Path(tempfile.mkdtemp())
+    store = SqliteStore(folder / "store.db")
+    store.migrate()
+    settings = Settings(
+        data_dir=folder,
+        temporal={"task_queue": f"record-{uuid.uuid4().hex[:6]}"},
+        retry={"initial_interval": 0.1},
+        jobs={"progress_interval": 0.2, "table_parallelism": 2},
+    )
+    tables = {
+        "ok": {"records": 500, "page_size": 100},
+        "flaky": {"records": 500, "page_size": 100, "fail_page": 2, "fail_times": 1},
+        "broken": {"records": 50, "fail_page": 1, "fail_kind": "permanent"},
+        "slow": {"records": 100_000, "page_size": 10, "page_delay": 0.05},
+    }
+    store.put_workbook(
+        Workbook(
+            id="wb_replay",
+            organization_id="org_1",
+            name="replay",
+            tables=[
+                Table(id=name, workbook_id="wb_replay", name=name, connector="demo", config=cfg)
+                for name, cfg in tables.items()
+            ],
+        )
+    )
+    actor = Actor(user_id="u_1", organization_id="org_1")
+    connectors = default_connectors()
+    async with temporal_enqueuer(env.client, settings, store, connectors) as enqueuer:
+        failed = await enqueuer.enqueue_download_records_job(
+            "wb_replay", actor, ["ok", "flaky", "broken"]
+        )
+        await enqueuer.wait(failed.job_id)
+        cancelled = await enqueuer.enqueue_download_records_job("wb_replay", actor, ["slow"])
+
+        async def started() -> bool:
+            return (await enqueuer.progress(cancelled.job_id)).total_records > 0
+
+        await eventually(started)
+        await enqueuer.cancel(cancelled.job_id)
+        await enqueuer.wait(cancelled.job_id)
+        for name, ref in (("failed-and-retried", failed), ("cancelled", cancelled)):
+            history = await env.client.get_workflow_handle(ref.job_id).fetch_history()
+            (OUT / f"download-records-{name}.json").write_text(history.to_json())
+            print(f"recorded {name}: {ref.job_id}")
+    await connectors.aclose()
+    await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.stdout.flush()
+    os._exit(0)
