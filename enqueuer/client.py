@@ -335,7 +335,7 @@ class Enqueuer:
                 kind = _TABLE_EVENTS.get(table.status)
                 if kind and statuses.get(table.table_id) != table.status:
                     yield JobEvent(
-                        event_id=f"{job_id}:{kind.value}:{table.table_id}",
+                        event_id=JobEvent.stable_id(job_id, kind, table.table_id),
                         kind=kind,
                         job_id=job_id,
                         workbook_id=progress.workbook_id,
@@ -348,7 +348,7 @@ class Enqueuer:
             if progress.status in _JOB_EVENTS:
                 kind = _JOB_EVENTS[progress.status]
                 yield JobEvent(
-                    event_id=f"{job_id}:{kind.value}",
+                    event_id=JobEvent.stable_id(job_id, kind),
                     kind=kind,
                     job_id=job_id,
                     workbook_id=progress.workbook_id,

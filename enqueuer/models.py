@@ -152,6 +152,11 @@ class JobEvent(_Model):
     at: datetime
     progress: JobProgress | None = None
 
+    @staticmethod
+    def stable_id(job_id: str, kind: EventKind, table_id: str | None = None) -> str:
+        """The id of a job's table or job event: the same on every delivery."""
+        return f"{job_id}:{kind.value}" + (f":{table_id}" if table_id else "")
+
 
 # --- catalog -----------------------------------------------------------------------------
 

@@ -195,7 +195,7 @@ class JobRun:
         await self._ops.notify(
             JobEvent(
                 # Stable per job, kind and table: a receiver drops a redelivered duplicate.
-                event_id=f"{job_id}:{kind.value}" + (f":{table_id}" if table_id else ""),
+                event_id=JobEvent.stable_id(job_id, kind, table_id),
                 kind=kind,
                 job_id=job_id,
                 workbook_id=self._input.job.workbook_id,
