@@ -6,9 +6,14 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
@@ -143,21 +148,25 @@ class TemporalBackend:
         return handle.result_run_id
 
     async def progress(self, job_id: str) -> JobProgress:
-        """Statuses from the ``progress`` query, live counts from heartbeat details."""
+        """Progress of a job.
+
+        While it runs: statuses from the ``progress`` query, live counts from the table
+        activities' heartbeat details. Once closed: from its result or failure in the
+        history, so no worker is needed to answer.
+        """
         client = await self.client()
-        handle = client.get_workflow_handle(job_id)
+        handle = client.get_workflow_handle(job_id, result_type=JobResult)
         try:
-            queried, description = await asyncio.gather(
-                handle.query(
-                    wire.QUERY_PROGRESS, result_type=JobProgress, rpc_timeout=self._timeout
-                ),
-                handle.describe(rpc_timeout=self._timeout),
+            description = await handle.describe(rpc_timeout=self._timeout)
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                return (await self._closed_result(handle)).progress
+            progress: JobProgress = await handle.query(
+                wire.QUERY_PROGRESS, result_type=JobProgress, rpc_timeout=self._timeout
             )
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise JobNotFoundError(job_id) from exc
             raise
-        progress: JobProgress = queried
         for pending in description.raw_description.pending_activities:
             if pending.activity_type.name != wire.ACTIVITY_DOWNLOAD_TABLE:
                 continue
@@ -179,16 +188,28 @@ class TemporalBackend:
     async def wait(self, job_id: str) -> JobResult:
         """Wait for the workflow to close; a failed or cancelled job is a result too."""
         client = await self.client()
-        handle = client.get_workflow_handle(job_id, result_type=JobResult)
+        try:
+            return await self._closed_result(
+                client.get_workflow_handle(job_id, result_type=JobResult)
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise JobNotFoundError(job_id) from exc
+            raise
+
+    async def _closed_result(self, handle: WorkflowHandle[Any, JobResult]) -> JobResult:
+        """The job's result, waiting for it to close; built from the failure if it failed.
+
+        ``handle`` must carry ``result_type=JobResult``.
+        """
+        job_id = handle.id
         try:
             result: JobResult = await handle.result()
             return result
         except WorkflowFailureError as exc:
-            if isinstance(exc.cause, CancelledError):
-                progress = await self.progress(job_id)
-                return JobResult(job_id=job_id, status=JobStatus.CANCELLED, progress=progress)
-            if isinstance(exc.cause, ApplicationError) and exc.cause.details:
-                progress = JobProgress.model_validate(exc.cause.details[0])
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.details:
+                progress = JobProgress.model_validate(cause.details[0])
                 return JobResult(
                     job_id=job_id,
                     status=JobStatus.FAILED,
@@ -196,11 +217,33 @@ class TemporalBackend:
                     failed_tables=progress.failed_tables,
                     duration=_duration(progress),
                 )
-            raise
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                raise JobNotFoundError(job_id) from exc
-            raise
+            # Cancelled, terminated or timed out: the last statuses the workflow knew.
+            status = JobStatus.CANCELLED if isinstance(cause, CancelledError) else JobStatus.FAILED
+            progress = await self._last_progress(handle, status)
+            return JobResult(
+                job_id=job_id,
+                status=status,
+                progress=progress,
+                failed_tables=progress.failed_tables,
+                duration=_duration(progress),
+            )
+
+    async def _last_progress(
+        self, handle: WorkflowHandle[Any, Any], status: JobStatus
+    ) -> JobProgress:
+        """Progress of a job that closed without a result (asks a worker to replay it)."""
+        try:
+            progress: JobProgress = await handle.query(
+                wire.QUERY_PROGRESS, result_type=JobProgress, rpc_timeout=self._timeout
+            )
+        except RPCError:
+            # No worker answered (or the history is gone): say what the server knows.
+            description = await handle.describe(rpc_timeout=self._timeout)
+            workbook_id = description.typed_search_attributes.get(wire.SA_WORKBOOK_ID) or ""
+            return JobProgress(job_id=handle.id, workbook_id=workbook_id, status=status)
+        if progress.status == JobStatus.RUNNING:  # terminated or timed out mid-run
+            progress = progress.model_copy(update={"status": status})
+        return progress
 
     async def cancel(self, job_id: str) -> None:
         """Request cancellation of the workflow."""
