@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import structlog
 from pydantic import ValidationError
 
@@ -90,19 +89,14 @@ class Enqueuer:
             backend = TemporalBackend(settings.temporal, settings.enqueue_timeout)
         else:
             from activities.download import DownloadActivities
-            from activities.notify import WebhookSender
+            from activities.notify import open_webhook
             from connectors.registry import default_connectors
             from enqueuer.backends.inprocess import InProcessBackend
 
             connectors = default_connectors(settings.files_root)
-            webhook = None
-            if settings.webhook.url:
-                http = httpx.AsyncClient(timeout=settings.webhook.timeout.total_seconds())
+            webhook, http = open_webhook(settings.webhook)
+            if http is not None:
                 owned.append(http)
-                secret = settings.webhook.secret
-                webhook = WebhookSender(
-                    settings.webhook.url, secret.get_secret_value() if secret else None, http
-                )
             owned.append(connectors)
             backend = InProcessBackend(
                 DownloadActivities(store, connectors), settings.retention, webhook

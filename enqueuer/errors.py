@@ -110,14 +110,6 @@ class JobFailedError(SpinnerError):
         super().__init__(message)
 
 
-class JobCancelledError(SpinnerError):
-    """Raised by ``wait`` when a job was cancelled."""
-
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
-        super().__init__(f"job {job_id!r} was cancelled")
-
-
 # --- source / download errors ----------------------------------------------------------
 
 

@@ -106,6 +106,13 @@ class JobProgress(_Model):
     finished_at: datetime | None = None
 
     @property
+    def duration(self) -> timedelta | None:
+        """Run time, once the job has finished."""
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+    @property
     def failed_tables(self) -> list[str]:
         """Ids of the tables that failed."""
         return [t.table_id for t in self.tables.values() if t.status == TableStatus.FAILED]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -110,8 +108,3 @@ def summary_table(progress: JobProgress, seconds: float | None = None) -> RichTa
         caption += f" in {seconds:.1f} s ({progress.total_records / seconds:,.0f} records/s)"
     table.caption = caption
     return table
-
-
-def elapsed_since(start: float) -> float:
-    """Seconds since a ``time.monotonic()`` reading."""
-    return time.monotonic() - start

@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-import httpx
 import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.download import DownloadActivities
-from activities.notify import NotifyActivities, WebhookSender
+from activities.notify import NotifyActivities, WebhookSender, open_webhook
 from connectors.registry import ConnectorRegistry, default_connectors
 from enqueuer.settings import Settings
 from store import Store, open_store
@@ -86,14 +85,7 @@ async def worker_resources(
     own_store = store is None
     store = store or open_store(settings.store_url)
     connectors = default_connectors(settings.files_root)
-    http: httpx.AsyncClient | None = None
-    webhook = None
-    if settings.webhook.url:
-        http = httpx.AsyncClient(timeout=settings.webhook.timeout.total_seconds())
-        secret = settings.webhook.secret
-        webhook = WebhookSender(
-            settings.webhook.url, secret.get_secret_value() if secret else None, http
-        )
+    webhook, http = open_webhook(settings.webhook)
     try:
         yield store, connectors, webhook
     finally:

@@ -162,14 +162,12 @@ class JobRun:
             update={"status": status, "finished_at": self._ops.now()}
         )
         self._ops.progress_changed(self.progress)
-        started = self.progress.started_at
-        finished = self.progress.finished_at
         result = JobResult(
             job_id=self._input.job_id,
             status=status,
             progress=self.progress,
             failed_tables=failed,
-            duration=finished - started if started and finished else None,
+            duration=self.progress.duration,
         )
         await self._notify(
             EventKind.JOB_FAILED if failed else EventKind.JOB_COMPLETED,

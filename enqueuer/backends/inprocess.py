@@ -77,8 +77,9 @@ class InProcessBackend:
 
     async def start(self, input: DownloadRecordsWorkflowInput, summary: str) -> str | None:
         """Start the job as a task; returns no run id."""
-        job = _Job(run=None)  # type: ignore[arg-type]
-        job.run = JobRun(input, _LocalOps(input, self._activities, job, self._webhook))
+        live: dict[str, tuple[TableCheckpoint, int]] = {}
+        ops = _LocalOps(input, self._activities, live, self._webhook)
+        job = _Job(run=JobRun(input, ops), live=live)
         job.task = asyncio.create_task(self._run(job), name=f"job:{input.job_id}")
         self._jobs[input.job_id] = job
         log.info(
@@ -194,12 +195,12 @@ class _LocalOps:
         self,
         input: DownloadRecordsWorkflowInput,
         activities: DownloadActivities,
-        job: _Job,
+        live: dict[str, tuple[TableCheckpoint, int]],
         webhook: WebhookSender | None,
     ) -> None:
         self._input = input
         self._activities = activities
-        self._job = job
+        self._live = live  # last committed checkpoint and attempt per table
         self._webhook = webhook
 
     async def resolve_tables(self, input: ResolveTablesInput) -> ResolveTablesResult:
@@ -211,7 +212,7 @@ class _LocalOps:
         for attempt in range(1, retry.maximum_attempts + 1):
 
             def report(checkpoint: TableCheckpoint, attempt: int = attempt) -> None:
-                self._job.live[input.table_id] = (checkpoint, attempt)
+                self._live[input.table_id] = (checkpoint, attempt)
 
             report(resume or TableCheckpoint())
             try:
@@ -231,7 +232,7 @@ class _LocalOps:
                 )
                 if attempt == retry.maximum_attempts:
                     raise TableFailedError(str(exc)) from exc
-                resume = self._job.live[input.table_id][0]
+                resume = self._live[input.table_id][0]
                 await asyncio.sleep(backoff_delay(retry, attempt))
         raise AssertionError("unreachable: maximum_attempts >= 1")
 

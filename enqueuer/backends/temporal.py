@@ -39,11 +39,6 @@ from enqueuer.stats import temporal_stats
 T = TypeVar("T")
 
 _UNREACHABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED}
-_STATUS = {
-    WorkflowExecutionStatus.RUNNING: JobStatus.RUNNING,
-    WorkflowExecutionStatus.COMPLETED: JobStatus.COMPLETED,
-    WorkflowExecutionStatus.CANCELED: JobStatus.CANCELLED,
-}
 
 
 async def connect_client(settings: TemporalSettings, *, runtime: Runtime | None = None) -> Client:
@@ -215,7 +210,7 @@ class TemporalBackend:
                     status=JobStatus.FAILED,
                     progress=progress,
                     failed_tables=progress.failed_tables,
-                    duration=_duration(progress),
+                    duration=progress.duration,
                 )
             # Cancelled, terminated or timed out: the last statuses the workflow knew.
             status = JobStatus.CANCELLED if isinstance(cause, CancelledError) else JobStatus.FAILED
@@ -225,7 +220,7 @@ class TemporalBackend:
                 status=status,
                 progress=progress,
                 failed_tables=progress.failed_tables,
-                duration=_duration(progress),
+                duration=progress.duration,
             )
 
     async def _last_progress(
@@ -305,16 +300,3 @@ class TemporalBackend:
 
     async def aclose(self) -> None:
         """Nothing to close: the SDK client has no explicit close."""
-
-
-def _duration(progress: JobProgress) -> timedelta | None:
-    if progress.started_at and progress.finished_at:
-        return progress.finished_at - progress.started_at
-    return None
-
-
-def job_status(status: WorkflowExecutionStatus | None) -> JobStatus:
-    """Map a workflow execution status onto a job status."""
-    if status is None:
-        return JobStatus.RUNNING
-    return _STATUS.get(status, JobStatus.FAILED)
