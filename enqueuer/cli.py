@@ -8,10 +8,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import structlog
 import typer
@@ -25,6 +26,10 @@ from enqueuer.logs import configure_logging
 from enqueuer.models import Actor, JobStats, JobStatus, Table, Workbook
 from enqueuer.settings import ServiceType, Settings
 from enqueuer.watch import summary_table, watch_job
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+    from temporalio.runtime import Runtime
 
 app = typer.Typer(
     help="spinner-jobs: durable background jobs on Temporal.",
@@ -94,53 +99,50 @@ def dev() -> None:
 
 
 async def _dev(settings: Settings) -> None:
-    from enqueuer.backends.temporal import TemporalBackend
     from worker.main import run_worker, tune_gc
     from worker.metrics import metrics_runtime
 
     stop = await _stop_on_signals()
-    async with _dev_server(settings):
-        runtime = metrics_runtime(settings.metrics_port)
-        client = await TemporalBackend(
-            settings.temporal, settings.enqueue_timeout, runtime=runtime
-        ).client()
+    async with _temporal_server(settings, metrics_runtime(settings.metrics_port)) as client:
         console.print(f"Web UI: {settings.temporal.ui_url}   (Ctrl-C stops everything)")
         tune_gc()
         await run_worker(settings, client, stop)
 
 
-class _dev_server:  # noqa: N801 - used as a context manager
-    """Reuse a running Temporal server at the configured address, or start the dev server."""
+@asynccontextmanager
+async def _temporal_server(
+    settings: Settings, runtime: Runtime | None = None
+) -> AsyncIterator[Client]:
+    """Reuse a running Temporal server at the configured address, or start the dev server.
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.server: Any = None
+    Yields a connected client (on ``runtime``, if given) with the search attributes set up;
+    a dev server started here is stopped on the way out.
+    """
+    from enqueuer.backends.temporal import TemporalBackend
+    from worker.devserver import DevServer, ensure_search_attributes, port_open
 
-    async def __aenter__(self) -> _dev_server:
-        from enqueuer.backends.temporal import connect_client
-        from worker.devserver import DevServer, ensure_search_attributes, port_open
-
-        t = self.settings.temporal
-        if port_open(t.address):
-            console.print(f"Using the Temporal server already running at {t.address}")
-        else:
-            data = self.settings.data_dir
-            console.print(f"Starting the Temporal dev server at {t.address} (data in {data}/)")
-            self.server = await DevServer.start(
-                t.address,
-                ui_port=int(t.ui_url.rsplit(":", 1)[-1].split("/")[0]),
-                db_file=data / "temporal.db",
-                namespace=t.namespace,
-                log_file=data / "temporal.log",
-            )
-        client = await connect_client(t)
+    t = settings.temporal
+    server = None
+    if port_open(t.address):
+        console.print(f"Using the Temporal server already running at {t.address}")
+    else:
+        data = settings.data_dir
+        console.print(f"Starting the Temporal dev server at {t.address} (data in {data}/)")
+        server = await DevServer.start(
+            t.address,
+            ui_port=int(t.ui_url.rsplit(":", 1)[-1].split("/")[0]),
+            db_file=data / "temporal.db",
+            namespace=t.namespace,
+            log_file=data / "temporal.log",
+        )
+    try:
+        client = await TemporalBackend(t, settings.enqueue_timeout, runtime=runtime).client()
         await ensure_search_attributes(client)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.server is not None:
+        yield client
+    finally:
+        if server is not None:
             console.print("Stopping the Temporal dev server")
-            self.server.stop()
+            server.stop()
 
 
 # --- the main demo -------------------------------------------------------------------
@@ -191,8 +193,7 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
     console.print(f"Sample REST source serving {len(counts)} tables at {base_url}")
     store = open_store(settings.store_url)
     try:
-        async with _dev_server(settings):
-            client = await TemporalBackend(settings.temporal, settings.enqueue_timeout).client()
+        async with _temporal_server(settings) as client:
             workbook = Workbook(
                 id="wb_demo",
                 organization_id="org_demo",
