@@ -101,6 +101,17 @@ class ServerSetupError(SpinnerError):
         )
 
 
+class StoreUnavailableError(SpinnerError, ConnectionError):
+    """The snapshot store did not answer in time (down, restarting, or write-locked)."""
+
+    def __init__(self, store: str, detail: str) -> None:
+        self.store = store
+        super().__init__(
+            f"the snapshot store {store} is unavailable ({detail}); retry shortly, or check "
+            "that the database is up and SPINNER_DATABASE_URL points at it"
+        )
+
+
 class JobFailedError(SpinnerError):
     """Raised by ``wait`` when a job ended failed; names the failed tables."""
 
