@@ -220,17 +220,18 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
                 )
                 enqueuer = Enqueuer(settings, store, backend)
                 began = time.monotonic()
+                actor = Actor(user_id="u_demo", organization_id="org_demo")
                 ref = await enqueuer.enqueue_download_records_job(
-                    workbook.id,
-                    Actor(user_id="u_demo", organization_id="org_demo"),
-                    metadata={"started_by": "spinner-jobs demo"},
+                    workbook.id, actor, metadata={"started_by": "spinner-jobs demo"}
                 )
                 console.print(
                     f"Enqueued job [bold]{ref.job_id}[/] in "
                     f"{(time.monotonic() - began) * 1000:.0f} ms; downloading:"
                 )
                 expected = {f"tbl_{name}": n for name, n in counts.items()}
-                final = await watch_job(enqueuer, ref.job_id, console, expected=expected)
+                final = await watch_job(
+                    enqueuer, ref.job_id, console, actor=actor, expected=expected
+                )
                 seconds = time.monotonic() - began
                 console.print(summary_table(final, seconds))
                 ns = settings.temporal.namespace
@@ -331,44 +332,57 @@ async def _enqueue(
         console.print(ref.job_id)
         # In-process jobs live in this process: stay until they finish.
         if watch or not settings.use_jobs:
-            final = await watch_job(enqueuer, ref.job_id, console)
+            final = await watch_job(enqueuer, ref.job_id, console, actor=actor)
             console.print(summary_table(final))
 
 
+_JobOrg = Annotated[str, typer.Option("--org", help="Organization the job belongs to.")]
+_JobUser = Annotated[str, typer.Option("--user", help="Id of the user asking.")]
+
+
 @app.command()
-def status(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+def status(
+    job_id: Annotated[str, typer.Argument(help="Job id.")], org: _JobOrg, user: _JobUser = "cli"
+) -> None:
     """Print a job's progress as JSON."""
     settings = _settings()
+    actor = Actor(user_id=user, organization_id=org)
 
     async def show() -> None:
         async with Enqueuer.from_settings(settings) as enqueuer:
-            progress = await enqueuer.progress(job_id)
+            progress = await enqueuer.progress(job_id, actor=actor)
             console.print_json(progress.model_dump_json())
 
     _run(show())
 
 
 @app.command()
-def watch(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+def watch(
+    job_id: Annotated[str, typer.Argument(help="Job id.")], org: _JobOrg, user: _JobUser = "cli"
+) -> None:
     """Follow a job with live per-table progress bars until it closes."""
     settings = _settings()
+    actor = Actor(user_id=user, organization_id=org)
 
     async def follow() -> None:
         async with Enqueuer.from_settings(settings) as enqueuer:
-            final = await watch_job(enqueuer, job_id, console)
+            final = await watch_job(enqueuer, job_id, console, actor=actor)
             console.print(summary_table(final))
 
     _run(follow())
 
 
 @app.command()
-def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id.")], org: _JobOrg, user: _JobUser = "cli"
+) -> None:
     """Cancel a job; its table locks are released."""
     settings = _settings()
+    actor = Actor(user_id=user, organization_id=org)
 
     async def stop() -> None:
         async with Enqueuer.from_settings(settings) as enqueuer:
-            await enqueuer.cancel(job_id)
+            await enqueuer.cancel(job_id, actor=actor)
             console.print(f"cancel requested for {job_id}")
 
     _run(stop())
@@ -377,6 +391,7 @@ def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
 @app.command()
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    org: Annotated[str | None, typer.Option("--org", help="Only this organization's jobs.")] = None,
 ) -> None:
     """Print job counts, success/failure rates, processing time p50/p95 and queue depth.
 
@@ -388,7 +403,7 @@ def stats(
 
     async def show() -> None:
         async with Enqueuer.from_settings(settings) as enqueuer:
-            figures = await enqueuer.stats()
+            figures = await enqueuer.stats(org)
         if as_json:
             console.print_json(figures.model_dump_json())
         else:

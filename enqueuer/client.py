@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -17,8 +18,10 @@ from enqueuer.errors import (
     InvalidJobError,
     JobConflictError,
     QueueFullError,
+    StoreUnavailableError,
     TableNotFoundError,
     WorkbookNotFoundError,
+    WorkerUnavailableError,
 )
 from enqueuer.models import (
     Actor,
@@ -37,7 +40,7 @@ from enqueuer.models import (
 from enqueuer.settings import Settings
 
 if TYPE_CHECKING:
-    from store.base import Store
+    from store.base import HeldLock, Store
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +83,10 @@ class Enqueuer:
         from store import open_store
 
         own_store = store is None
-        store = store or open_store(settings.store_url)
+        # An enqueue waits for the store no longer than for the server.
+        store = store or open_store(
+            settings.store_url, timeout=settings.enqueue_timeout.total_seconds()
+        )
         backend: JobBackend
         owned: list[Any] = []
         if settings.use_jobs:
@@ -98,9 +104,10 @@ class Enqueuer:
             if http is not None:
                 owned.append(http)
             owned.append(connectors)
-            backend = InProcessBackend(
-                DownloadActivities(store, connectors), settings.retention, webhook
+            activities = DownloadActivities(
+                store, connectors, store_outage_timeout=settings.jobs.store_outage_timeout
             )
+            backend = InProcessBackend(activities, settings.retention, webhook)
         enqueuer = cls(settings, store, backend)
         enqueuer._owned = owned + ([store] if own_store else [])
         return enqueuer
@@ -153,6 +160,7 @@ class Enqueuer:
         job = self._validate(workbook_id, actor, table_ids, metadata)
         job_id = f"download-records-{uuid.uuid4().hex[:16]}"
         # One trip to the store thread: look the workbook up, check the tables, lock them.
+        # The store gives up within the enqueue timeout (StoreUnavailableError).
         wanted, held = await asyncio.to_thread(self._reserve_tables, job, job_id)
         try:
             if held:
@@ -166,14 +174,17 @@ class Enqueuer:
             )
             run_id = await self.backend.start(self._workflow_input(job_id, job, wanted), summary)
         except BaseException:
-            # Nothing half-started: whatever stopped the job, its locks go back.
-            await asyncio.to_thread(self.store.unlock_tables, wanted, job_id)
+            # Nothing half-started: whatever stopped the job, its locks go back. If the
+            # store is out too, the lock goes stale and the next enqueue takes it over.
+            with contextlib.suppress(StoreUnavailableError):
+                await asyncio.to_thread(self.store.unlock_tables, wanted, job_id)
             raise
         log.info(
             "job_enqueued",
             job_id=job_id,
             workbook_id=job.workbook_id,
             user_id=job.actor.user_id,
+            organization_id=job.actor.organization_id,
             tables=len(wanted),
             backend=self.backend.kind.value,
         )
@@ -194,6 +205,15 @@ class Enqueuer:
     ) -> DownloadRecordsJobInput:
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidJobError("metadata", "must be a JSON object (a mapping)")
+        if table_ids is not None:
+            # A str or a dict is iterable too: "xy" must not mean tables "x" and "y".
+            if not isinstance(table_ids, list | tuple):
+                raise InvalidJobError(
+                    "table_ids", f"must be a list of table ids, not {type(table_ids).__name__}"
+                )
+            repeated = sorted({t for t in table_ids if table_ids.count(t) > 1}, key=str)
+            if repeated:
+                raise InvalidJobError("table_ids", f"repeated ids {repeated}; list each table once")
         try:
             job = DownloadRecordsJobInput.model_validate(
                 {
@@ -208,7 +228,13 @@ class Enqueuer:
             field = ".".join(str(p) for p in first["loc"])
             raise InvalidJobError(field, first["msg"]) from None
         if job.metadata is not None:
-            size = len(json.dumps(job.metadata, separators=(",", ":")).encode())
+            try:
+                encoded = json.dumps(job.metadata, separators=(",", ":"), allow_nan=False)
+            except ValueError:
+                raise InvalidJobError(
+                    "metadata", "must be strict JSON (no NaN or Infinity)"
+                ) from None
+            size = len(encoded.encode())
             cap = self.settings.jobs.max_metadata_bytes
             if size > cap:
                 raise InvalidJobError("metadata", f"{size} bytes of JSON, over the {cap}-byte cap")
@@ -218,7 +244,7 @@ class Enqueuer:
 
     def _reserve_tables(
         self, job: DownloadRecordsJobInput, job_id: str
-    ) -> tuple[list[str], dict[str, str]]:
+    ) -> tuple[list[str], dict[str, HeldLock]]:
         """Check the workbook and tables against the catalog, then lock the tables.
 
         Returns:
@@ -229,7 +255,7 @@ class Enqueuer:
         if workbook is None or workbook.organization_id != job.actor.organization_id:
             raise WorkbookNotFoundError(job.workbook_id)
         known = [t.id for t in workbook.tables]
-        wanted = list(dict.fromkeys(job.table_ids)) if job.table_ids is not None else known
+        wanted = list(job.table_ids) if job.table_ids is not None else known
         unknown = [t for t in wanted if t not in known]
         if unknown:
             raise TableNotFoundError(job.workbook_id, unknown)
@@ -237,23 +263,44 @@ class Enqueuer:
             raise InvalidJobError("table_ids", f"workbook {job.workbook_id!r} has no tables")
         return wanted, self.store.lock_tables(wanted, job_id)
 
+    @property
+    def lock_grace(self) -> float:
+        """Seconds a lock of a job the backend does not know yet is respected.
+
+        An enqueue locks its tables before it starts the job, so for a moment the
+        holder exists only in the store. Every enqueue either starts its job or gives
+        the lock back within a few enqueue timeouts; a lock older than this whose job
+        the backend still does not know was left by a caller that died in between.
+        """
+        return 3 * self.settings.enqueue_timeout.total_seconds() + 5.0
+
     async def _take_over_stale_locks(
-        self, table_ids: list[str], job_id: str, held: dict[str, str]
+        self, table_ids: list[str], job_id: str, held: dict[str, HeldLock]
     ) -> None:
-        """Take over locks whose holders have closed, or raise JobConflictError."""
-        holders = sorted(set(held.values()))
-        for holder in holders:
-            if await self.backend.is_running(holder):
-                raise JobConflictError(holder, [t for t, h in held.items() if h == holder])
-        # The holders closed without releasing (e.g. terminated): the locks are stale.
-        for holder in holders:
-            stale = [t for t, h in held.items() if h == holder]
-            log.warning("stale_lock_released", job_id=holder, tables=stale)
-            await asyncio.to_thread(self.store.unlock_tables, stale, holder)
-        again = await asyncio.to_thread(self.store.lock_tables, table_ids, job_id)
+        """Take over locks whose holders are gone, or raise JobConflictError.
+
+        A holder is gone when the backend knows its job closed, or when it does not
+        know the job and the lock is older than :attr:`lock_grace`. The takeover is one
+        compare-and-set in the store (and fences the old holder's writes): if anything
+        changed meanwhile, the new holder wins and this enqueue gets the conflict.
+        """
+        by_holder: dict[str, list[str]] = {}
+        for table_id, lock in held.items():
+            by_holder.setdefault(lock.job_id, []).append(table_id)
+        stale: dict[str, str] = {}
+        for holder, tables in sorted(by_holder.items()):
+            state = await self.backend.holder_state(holder)
+            youngest = min(held[t].age for t in tables)
+            if state == "running" or (state == "unknown" and youngest < self.lock_grace):
+                raise JobConflictError(holder, tables)
+            stale.update(dict.fromkeys(tables, holder))
+        log.warning("stale_locks_taken_over", job_id=job_id, stale=stale)
+        again = await asyncio.to_thread(self.store.lock_tables, table_ids, job_id, take_over=stale)
         if again:
-            holder = sorted(set(again.values()))[0]
-            raise JobConflictError(holder, [t for t, h in again.items() if h == holder])
+            holder = sorted({lock.job_id for lock in again.values()})[0]
+            raise JobConflictError(
+                holder, [t for t, lock in again.items() if lock.job_id == holder]
+            )
 
     def _workflow_input(
         self, job_id: str, job: DownloadRecordsJobInput, table_ids: list[str]
@@ -280,39 +327,60 @@ class Enqueuer:
 
     # --- follow ------------------------------------------------------------------------
 
-    async def progress(self, job_id: str) -> JobProgress:
-        """Live progress: total records and per-table name, connector, count, status."""
-        return await self.backend.progress(job_id)
+    async def progress(self, job_id: str, *, actor: Actor | Mapping[str, Any]) -> JobProgress:
+        """Live progress: total records and per-table name, connector, count, status.
 
-    async def wait(self, job_id: str) -> JobResult:
+        Raises:
+            JobNotFoundError: no such job for the actor's organization.
+            WorkerUnavailableError: the job runs but no worker answered in time.
+
+        """
+        return await self.backend.progress(job_id, _organization(actor))
+
+    async def wait(self, job_id: str, *, actor: Actor | Mapping[str, Any]) -> JobResult:
         """Wait until the job closes; its result says completed, failed or cancelled."""
-        return await self.backend.wait(job_id)
+        return await self.backend.wait(job_id, _organization(actor))
 
-    async def stats(self) -> JobStats:
+    async def stats(self, organization_id: str | None = None) -> JobStats:
         """Job counts by status, success/failure rates, processing-time p50/p95, queue depth.
 
         On Temporal the figures cover the jobs of ``settings.temporal.task_queue`` as the
         server's visibility holds them (eventually consistent, within about a second);
-        in-process they cover the jobs this process ran.
+        in-process they cover the jobs this process ran. ``organization_id`` limits
+        them to one organization's jobs.
         """
-        return await self.backend.stats()
+        return await self.backend.stats(organization_id)
 
-    async def cancel(self, job_id: str) -> None:
-        """Stop the job; its table locks are released."""
-        await self.backend.cancel(job_id)
+    async def cancel(self, job_id: str, *, actor: Actor | Mapping[str, Any]) -> None:
+        """Stop the job; its table locks are released.
+
+        Raises:
+            JobNotFoundError: no such job for the actor's organization.
+            JobAlreadyClosedError: the job has already closed (nothing to cancel).
+
+        """
+        await self.backend.cancel(job_id, _organization(actor))
         log.info("job_cancel_requested", job_id=job_id)
 
-    async def events(self, job_id: str, *, interval: float = 0.5) -> AsyncIterator[JobEvent]:
+    async def events(
+        self, job_id: str, *, actor: Actor | Mapping[str, Any], interval: float = 0.5
+    ) -> AsyncIterator[JobEvent]:
         """Yield progress and completion events until the job closes.
 
         Progress events come when counts or statuses change; each table's completion
-        or failure and the job's end come once, with stable event ids.
+        or failure and the job's end come once, with stable event ids. While no worker
+        answers (a worker restarting), the stream waits instead of failing.
         """
+        organization_id = _organization(actor)
         statuses: dict[str, TableStatus] = {}
         last: JobProgress | None = None
         seq = 0
         while True:
-            progress = await self.progress(job_id)
+            try:
+                progress = await self.backend.progress(job_id, organization_id)
+            except WorkerUnavailableError:
+                await asyncio.sleep(interval)
+                continue
             now = datetime.now(UTC)
             if last is None or progress != last:
                 seq += 1
@@ -347,9 +415,22 @@ class Enqueuer:
                     job_id=job_id,
                     workbook_id=progress.workbook_id,
                     records=progress.total_records,
+                    error=progress.error,
                     at=now,
                     progress=progress,
                 )
                 return
             last = progress
             await asyncio.sleep(interval)
+
+
+def _organization(actor: Actor | Mapping[str, Any]) -> str:
+    """The organization a read or control call is scoped to."""
+    if isinstance(actor, Actor):
+        return actor.organization_id
+    try:
+        return Actor.model_validate(actor).organization_id
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(["actor", *(str(p) for p in first["loc"])])
+        raise InvalidJobError(field, first["msg"]) from None

@@ -112,6 +112,50 @@ class StoreUnavailableError(SpinnerError, ConnectionError):
         )
 
 
+class LockLostError(SpinnerError):
+    """A job tried to write a table whose download lock it no longer holds."""
+
+    def __init__(self, table_id: str, job_id: str) -> None:
+        self.table_id = table_id
+        self.job_id = job_id
+        super().__init__(
+            f"job {job_id!r} no longer holds the download lock of table {table_id!r} "
+            "(another job took it over); nothing was written, start a new job if needed"
+        )
+
+
+class JobAlreadyClosedError(SpinnerError):
+    """A control call (cancel) reached a job that has already closed."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id!r} has already closed ({status}); nothing to cancel")
+
+
+class WorkerUnavailableError(SpinnerError):
+    """No worker answered for a running job in time (all workers down or busy)."""
+
+    def __init__(self, job_id: str, detail: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"no worker answered for job {job_id!r} ({detail}); the job waits for a worker: "
+            "start one (`spinner-jobs worker`) or retry shortly"
+        )
+
+
+class JobBackendError(SpinnerError):
+    """The Temporal server refused a request for a reason other than not-found."""
+
+    def __init__(self, address: str, status: str, detail: str) -> None:
+        self.address = address
+        self.status = status
+        super().__init__(
+            f"the Temporal server at {address} refused the request ({status}: {detail}); "
+            "check the server's health and the namespace settings"
+        )
+
+
 class JobFailedError(SpinnerError):
     """Raised by ``wait`` when a job ended failed; names the failed tables."""
 

@@ -12,7 +12,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
-NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+NonEmptyStr = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        min_length=1,
+        max_length=200,
+        # No control characters (NUL among them): ids travel to SQL, logs and headers.
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+    ),
+]
 
 JOB_TYPE_DOWNLOAD_RECORDS = "download-records"
 
@@ -104,6 +113,7 @@ class JobProgress(_Model):
     tables: dict[str, TableProgress] = Field(default_factory=dict)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    error: str | None = Field(None, description="Why the job failed, naming the failed tables.")
 
     @property
     def duration(self) -> timedelta | None:
@@ -204,12 +214,24 @@ class ConnectorAccount(_Model):
 
 
 class RetryOptions(_Model):
-    """The table retry policy, carried in the workflow input."""
+    """The table retry policy, carried in the workflow input.
+
+    ``maximum_attempts`` counts attempts that failed because of the source or the data
+    and committed nothing new; attempts lost to the infrastructure (a worker that died
+    or shut down, a store outage) do not count, up to ``maximum_interruptions`` of them
+    in a row.
+    """
 
     maximum_attempts: int
     initial_interval: timedelta
     backoff_coefficient: float
     maximum_interval: timedelta
+    maximum_interruptions: int = 20
+
+    def backoff(self, failures: int) -> timedelta:
+        """The wait after the ``failures``-th failed attempt in a row (1-based)."""
+        seconds = self.initial_interval.total_seconds() * self.backoff_coefficient ** (failures - 1)
+        return min(timedelta(seconds=seconds), self.maximum_interval)
 
 
 class DownloadRecordsWorkflowInput(_Model):
@@ -251,11 +273,12 @@ class ResolveTablesResult(_Model):
 
 
 class DownloadTableInput(_Model):
-    """One table download of one job."""
+    """One attempt at one table of one job."""
 
     job_id: str
     workbook_id: str
     table_id: str
+    attempt: int = Field(1, description="1-based, counting every attempt at the table.")
 
 
 class TableCheckpoint(_Model):
@@ -287,6 +310,35 @@ class ReleaseLocksInput(_Model):
 
     job_id: str
     table_ids: list[str]
+
+
+class ReleaseLocksResult(_Model):
+    """Records each released table holds from the job (what it wrote before stopping)."""
+
+    records: dict[str, int] = Field(default_factory=dict)
+
+
+class TableAttemptFailure(_Model):
+    """Details of a failed table attempt (the activity's ApplicationError details)."""
+
+    records: int = Field(description="Records the job had committed to the table.")
+    progressed: bool = Field(description="Whether this attempt committed new pages.")
+    retryable: bool = Field(True, description="False when no other attempt can succeed.")
+
+
+class TableLive(_Model):
+    """Live count of an active table, signalled by its activity (Web UI details)."""
+
+    table_id: str
+    attempt: int
+    records: int
+
+
+class NotifyWorkflowInput(_Model):
+    """The notifier of one job: delivers its events in order, outside the job."""
+
+    job_id: str
+    retry: RetryOptions
 
 
 class NotifyInput(_Model):

@@ -52,6 +52,12 @@ class RetrySettings(_Section):
     maximum_interval: timedelta = Field(
         timedelta(minutes=1), description="Longest wait between attempts."
     )
+    maximum_interruptions: int = Field(
+        20,
+        ge=1,
+        description="Attempts in a row lost to the infrastructure (worker crash or "
+        "shutdown, store outage) before a table fails; they do not use up maximum_attempts.",
+    )
 
 
 class JobSettings(_Section):
@@ -59,8 +65,13 @@ class JobSettings(_Section):
 
     table_parallelism: int = Field(4, ge=1, le=64, description="Tables downloaded at once.")
     heartbeat_timeout: timedelta = Field(
-        timedelta(seconds=30),
-        description="A table attempt with no heartbeat for this long is retried elsewhere.",
+        timedelta(seconds=10),
+        description="A table attempt with no heartbeat for this long is resumed elsewhere.",
+    )
+    store_outage_timeout: timedelta = Field(
+        timedelta(minutes=5),
+        description="How long a table attempt waits out an unavailable store before giving "
+        "the attempt up (it is then resumed, without using up a retry).",
     )
     table_timeout: timedelta = Field(
         timedelta(hours=2), description="Longest single attempt at one table."

@@ -24,6 +24,7 @@ from temporalio.api.workflowservice.v1 import (
 from temporalio.client import Client
 
 from enqueuer import wire
+from enqueuer.errors import InvalidJobError
 from enqueuer.models import Backend, JobStats
 
 DEFAULT_SAMPLE = 200
@@ -46,6 +47,7 @@ async def temporal_stats(
     client: Client,
     task_queue: str | None = None,
     *,
+    organization_id: str | None = None,
     sample: int = DEFAULT_SAMPLE,
     rpc_timeout: timedelta | None = None,
 ) -> JobStats:
@@ -55,6 +57,8 @@ async def temporal_stats(
         client: connected client; its namespace is the one measured.
         task_queue: only jobs started on this task queue, and its backlog; None for
             every download-records job of the namespace (no queue depth then).
+        organization_id: only this organization's jobs (the queue depth and worker
+            count stay those of the whole queue: workers are shared).
         sample: how many of the most recently closed completed or failed jobs the
             processing-time percentiles cover.
         rpc_timeout: deadline of each RPC.
@@ -65,7 +69,9 @@ async def temporal_stats(
     """
     query = f'WorkflowType="{wire.WORKFLOW_DOWNLOAD_RECORDS}"'
     if task_queue is not None:
-        query += f' AND TaskQueue="{task_queue}"'
+        query += f' AND TaskQueue="{_quoted(task_queue)}"'
+    if organization_id is not None:
+        query += f' AND {wire.SA_ORGANIZATION_ID.name}="{_quoted(organization_id)}"'
 
     async def counts() -> dict[str, int]:
         result = await client.count_workflows(
@@ -114,6 +120,13 @@ async def temporal_stats(
         queue_depth=depth,
         workers=workers,
     )
+
+
+def _quoted(value: str) -> str:
+    """``value`` for a double-quoted visibility literal (quotes cannot be escaped there)."""
+    if '"' in value or "\\" in value:
+        raise InvalidJobError("organization_id", "must not contain quotes or backslashes")
+    return value
 
 
 async def _describe_queue(

@@ -15,7 +15,7 @@ from rich.progress import (
 from rich.table import Table as RichTable
 
 from enqueuer.client import Enqueuer
-from enqueuer.models import EventKind, JobProgress, TableStatus
+from enqueuer.models import Actor, EventKind, JobProgress, TableStatus
 
 _STYLE = {
     TableStatus.PENDING: "dim",
@@ -31,6 +31,7 @@ async def watch_job(
     job_id: str,
     console: Console,
     *,
+    actor: Actor,
     expected: dict[str, int] | None = None,
     interval: float = 0.2,
 ) -> JobProgress:
@@ -39,6 +40,7 @@ async def watch_job(
     Args:
         enqueuer: the enqueuer the job runs on.
         job_id: the job to follow.
+        actor: who follows it (the job must be of their organization).
         console: where to draw.
         expected: records each table is expected to have, when known (fills the bars).
         interval: seconds between progress reads.
@@ -57,7 +59,7 @@ async def watch_job(
         console=console,
         transient=False,
     ) as view:
-        async for event in enqueuer.events(job_id, interval=interval):
+        async for event in enqueuer.events(job_id, actor=actor, interval=interval):
             progress = event.progress
             if progress is None:
                 continue

@@ -10,6 +10,8 @@ from temporalio.common import SearchAttributeKey
 
 WORKFLOW_DOWNLOAD_RECORDS = "download-records"
 WORKFLOW_RETENTION_SWEEP = "retention-sweep"
+WORKFLOW_NOTIFY = "notify-events"
+"""Per-job notifier: delivers the job's webhook events outside the job's table slots."""
 
 ACTIVITY_RESOLVE_TABLES = "resolve-tables"
 ACTIVITY_DOWNLOAD_TABLE = "download-table"
@@ -17,10 +19,28 @@ ACTIVITY_RELEASE_LOCKS = "release-locks"
 ACTIVITY_NOTIFY = "notify"
 ACTIVITY_SWEEP_CLOSED_JOBS = "sweep-closed-jobs"
 
+
+def table_activity_id(table_id: str, attempt: int) -> str:
+    """The activity id of one attempt at a table (``table_of_activity`` reverses it)."""
+    return f"table:{attempt}:{table_id}"
+
+
+def table_of_activity(activity_id: str) -> str | None:
+    """The table id of a table attempt's activity id, or None for other activities."""
+    kind, _, rest = activity_id.partition(":")
+    if kind != "table":
+        return None
+    return rest.partition(":")[2]
+
+
 SCHEDULE_RETENTION_PREFIX = "spinner-jobs-retention"
 """Retention schedule id prefix; the id is ``<prefix>:<task queue>``, one per queue."""
 
 QUERY_PROGRESS = "progress"
+SIGNAL_TABLE_LIVE = "table-live"
+"""Signal of a table activity to its job: the live record count (Web UI details)."""
+SIGNAL_NOTIFY_EVENT = "event"
+"""Signal of a job to its notifier: one event to deliver."""
 
 SA_WORKBOOK_ID = SearchAttributeKey.for_keyword("WorkbookId")
 SA_USER_ID = SearchAttributeKey.for_keyword("UserId")

@@ -17,10 +17,37 @@ from enqueuer.models import ConnectorAccount, TableCheckpoint, Workbook
 
 @dataclass(frozen=True, slots=True)
 class SyncSummary:
-    """What finishing a table's sync did."""
+    """What finishing a table's sync did.
+
+    ``records`` is how many records the job wrote to the table (distinct remote ids),
+    counted by the store: the true figure even when a source repeated an id.
+    """
 
     deleted: int
     kept_dirty: int
+    records: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLock:
+    """A table's download lock as another caller sees it."""
+
+    job_id: str
+    age: float
+    """Seconds since the lock was taken, by the store's clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right of one job to write one table: its lock, with the lock's generation.
+
+    Every page commit is fenced on it: once the lock changes hands (a takeover bumps
+    the generation), the old holder's writes fail with ``LockLostError``.
+    """
+
+    table_id: str
+    job_id: str
+    generation: int
 
 
 class Store(Protocol):
@@ -56,17 +83,47 @@ class Store(Protocol):
 
     # --- download locks --------------------------------------------------------------
 
-    def lock_tables(self, table_ids: Sequence[str], job_id: str) -> dict[str, str]:
-        """Lock every table for ``job_id``, all or none.
+    def lock_tables(
+        self,
+        table_ids: Sequence[str],
+        job_id: str,
+        *,
+        take_over: Mapping[str, str] | None = None,
+    ) -> dict[str, HeldLock]:
+        """Lock every table for ``job_id``, all or none, in one transaction.
+
+        Args:
+            table_ids: the tables to lock.
+            job_id: the new holder.
+            take_over: ``{table_id: stale_holder}``: a table still held by exactly that
+                holder counts as free (its holder is known to be gone); the takeover
+                bumps the lock's generation, so the stale holder can no longer write.
 
         Returns:
-            ``{}`` when locked; otherwise ``{table_id: holder_job_id}`` of the tables
-            held by another job, and nothing is locked.
+            ``{}`` when locked; otherwise ``{table_id: HeldLock}`` of the tables held
+            by another job, and nothing is locked.
         """
         ...
 
-    def unlock_tables(self, table_ids: Sequence[str], job_id: str) -> None:
-        """Release the tables' locks held by ``job_id`` (others' locks stay)."""
+    def unlock_tables(self, table_ids: Sequence[str], job_id: str) -> dict[str, int]:
+        """Release the tables' locks held by ``job_id`` (others' locks stay).
+
+        Also drops the job's checkpoints on those tables (the job is done with them).
+
+        Returns:
+            ``{table_id: records}``: how many records of each table ``job_id`` wrote.
+        """
+        ...
+
+    def lease(self, table_id: str, job_id: str) -> Lease:
+        """A fresh lease of ``job_id`` on the table it holds locked.
+
+        Each call bumps the lock's generation: an earlier attempt of the same job (a
+        worker that lost contact but still runs) can no longer write.
+
+        Raises:
+            LockLostError: the table is not locked by ``job_id`` (any more).
+        """
         ...
 
     def locks_held_by(self, job_id: str) -> list[str]:
@@ -76,12 +133,15 @@ class Store(Protocol):
     # --- records ---------------------------------------------------------------------
 
     def write_page(
-        self, table_id: str, job_id: str, records: Sequence[RecordRow], checkpoint: TableCheckpoint
+        self, lease: Lease, records: Sequence[RecordRow], checkpoint: TableCheckpoint
     ) -> None:
-        """Upsert ``records`` and save ``checkpoint`` in one transaction.
+        """Upsert ``records`` and save ``checkpoint`` in one transaction, fenced on ``lease``.
 
-        Upserting marks each record as seen by ``job_id``. A record edited locally
+        Upserting marks each record as seen by the lease's job. A record edited locally
         (dirty) keeps its local fields.
+
+        Raises:
+            LockLostError: the lease is no longer valid; nothing was written.
         """
         ...
 
@@ -89,11 +149,15 @@ class Store(Protocol):
         """The last committed checkpoint of ``job_id`` on the table, or None."""
         ...
 
-    def finish_sync(self, table_id: str, job_id: str, synced_at: datetime) -> SyncSummary:
-        """Complete a table's download in one transaction.
+    def finish_sync(self, lease: Lease, synced_at: datetime) -> SyncSummary:
+        """Complete a table's download in one transaction, fenced on ``lease``.
 
-        Deletes records not seen by ``job_id`` unless dirty, stamps the last sync time,
-        drops the checkpoint and releases the lock held by ``job_id``.
+        Deletes records not seen by the lease's job unless dirty, stamps the last sync
+        time, drops the checkpoint and releases the lock. Calling it again after it
+        committed (a retry after a lost connection) returns the same counts.
+
+        Raises:
+            LockLostError: the lease is no longer valid and the job never finished.
         """
         ...
 

@@ -12,11 +12,13 @@ caller can see come from JSONB, which stores fields and table configs parsed:
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -25,8 +27,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from connectors.base import RecordRow
+from enqueuer.errors import InvalidJobError, LockLostError, StoreUnavailableError
 from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
-from store.base import SyncSummary
+from store.base import HeldLock, Lease, SyncSummary
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# A connection idle for longer than this is checked before use, so the first call after
+# a server restart reconnects instead of failing on the dead socket.
+_PING_AFTER_IDLE = 1.0
 
 _Conn = psycopg.Connection[TupleRow]
 
@@ -72,6 +82,8 @@ _SCHEMA = (
         seen_by text,
         PRIMARY KEY (table_id, remote_id)
     )""",
+    "ALTER TABLE workbook_tables ADD COLUMN IF NOT EXISTS lock_gen bigint NOT NULL DEFAULT 0",
+    "ALTER TABLE workbook_tables ADD COLUMN IF NOT EXISTS last_synced_by text",
     """CREATE TABLE IF NOT EXISTS checkpoints (
         table_id text NOT NULL,
         job_id text NOT NULL,
@@ -112,19 +124,45 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Translate driver errors a caller can meet into the engine's typed errors.
+
+    A lost or refused connection, or a lock wait over the timeout, becomes
+    StoreUnavailableError; text PostgreSQL cannot hold (NUL) becomes InvalidJobError.
+    """
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            store = args[0]
+            assert isinstance(store, PostgresStore)
+            raise StoreUnavailableError(store.url, str(exc).strip().splitlines()[0]) from exc
+        except psycopg.DataError as exc:
+            if "0x00" in str(exc) or "NUL" in str(exc):
+                raise InvalidJobError("id", "must not contain NUL characters") from exc
+            raise
+
+    return call
+
+
 class PostgresStore:
     """Store in a PostgreSQL database; one connection per thread, explicit transactions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
         """Prepare the store; connections open lazily, one per calling thread.
 
         Args:
             url: ``postgresql://user:password@host:port/db?...`` (or a libpq
                 ``key=value`` string). ``self.url`` keeps it without the password.
+            timeout: seconds a connection attempt or a row-lock wait may take before
+                the call fails with ``StoreUnavailableError``.
 
         """
         self._conninfo = url
         self.url = redact_url(url)
+        self._timeout = timeout
         self._local = threading.local()
         self._all: list[_Conn] = []
         self._all_lock = threading.Lock()
@@ -132,30 +170,44 @@ class PostgresStore:
     # --- connections -----------------------------------------------------------------
 
     def _conn(self) -> _Conn:
-        conn: _Conn | None = getattr(self._local, "conn", None)
-        if conn is not None and not conn.closed:
-            return conn
-        if conn is not None:
+        old: _Conn | None = getattr(self._local, "conn", None)
+        now = time.monotonic()
+        if old is not None:
+            if not old.closed and now - getattr(self._local, "used", now) > _PING_AFTER_IDLE:
+                try:
+                    old.execute("SELECT 1")
+                    old.rollback()
+                except psycopg.Error:
+                    old.close()
+            if not old.closed:
+                self._local.used = now
+                return old
             # Lost (server restart, network): forget it so this thread reconnects.
-            self._forget(conn)
+            self._forget(old)
         conn = psycopg.connect(
-            self._conninfo, autocommit=False, fallback_application_name="spinner-jobs"
+            self._conninfo,
+            autocommit=False,
+            fallback_application_name="spinner-jobs",
+            connect_timeout=max(1, round(self._timeout)),
         )
         try:
             # UTC sessions make returned timestamps independent of the server's zone.
             conn.execute("SET TIME ZONE 'UTC'")
+            conn.execute(f"SET lock_timeout = {int(self._timeout * 1000)}")
             conn.execute(_PAGE_TABLE)
             conn.commit()
         except BaseException:
             conn.close()
             raise
         self._local.conn = conn
+        self._local.used = now
         with self._all_lock:
             self._all.append(conn)
         return conn
 
     def _forget(self, conn: _Conn) -> None:
-        conn.close()
+        with suppress(psycopg.Error):
+            conn.close()
         with self._all_lock:
             if conn in self._all:
                 self._all.remove(conn)
@@ -175,6 +227,7 @@ class PostgresStore:
             raise
         conn.commit()
 
+    @_translated
     def migrate(self) -> None:
         """Create the schema if missing (safe under concurrent callers)."""
         with self._tx() as conn:
@@ -192,6 +245,7 @@ class PostgresStore:
 
     # --- catalog ---------------------------------------------------------------------
 
+    @_translated
     def put_workbook(self, workbook: Workbook) -> None:
         """Create or replace a workbook and its tables (locks and sync times kept)."""
         keep = [t.id for t in workbook.tables]
@@ -240,6 +294,7 @@ class PostgresStore:
                         ],
                     )
 
+    @_translated
     def get_workbook(self, workbook_id: str) -> Workbook | None:
         """The workbook with its tables, or None."""
         with self._tx() as conn:
@@ -270,6 +325,7 @@ class PostgresStore:
         first = rows[0]
         return Workbook(id=first[0], organization_id=first[1], name=first[2], tables=tables)
 
+    @_translated
     def put_account(self, account: ConnectorAccount) -> None:
         """Create or replace a connector account."""
         with self._tx() as conn:
@@ -281,6 +337,7 @@ class PostgresStore:
                 (account.id, account.organization_id, account.auth, account.secret, account.header),
             )
 
+    @_translated
     def get_account(self, account_id: str) -> ConnectorAccount | None:
         """A connector account, or None."""
         with self._tx() as conn:
@@ -297,35 +354,86 @@ class PostgresStore:
 
     # --- locks -----------------------------------------------------------------------
 
-    def lock_tables(self, table_ids: Sequence[str], job_id: str) -> dict[str, str]:
+    @_translated
+    def lock_tables(
+        self,
+        table_ids: Sequence[str],
+        job_id: str,
+        *,
+        take_over: Mapping[str, str] | None = None,
+    ) -> dict[str, HeldLock]:
         """Lock all tables for ``job_id`` or none; return the conflicting holders."""
+        stale = take_over or {}
         ids = list(table_ids)
         with self._tx() as conn:
             # FOR UPDATE makes a concurrent caller wait here and then read the committed
             # holder; locking rows in id order keeps overlapping callers from deadlocking.
             rows = conn.execute(
-                "SELECT id, locked_by FROM workbook_tables WHERE id = ANY(%s) "
-                "ORDER BY id FOR UPDATE",
+                "SELECT id, locked_by, extract(epoch FROM now() - locked_at) "
+                "FROM workbook_tables WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
                 (ids,),
             ).fetchall()
-            held = {tid: holder for tid, holder in rows if holder is not None and holder != job_id}
+            others = [
+                (tid, holder, age) for tid, holder, age in rows if holder not in (None, job_id)
+            ]
+            held = {
+                tid: HeldLock(holder, float("inf") if age is None else float(age))
+                for tid, holder, age in others
+                if stale.get(tid) != holder
+            }
             if held:
                 return held
+            for tid, holder, _ in others:  # taken over: the stale holder's progress goes
+                conn.execute(
+                    "DELETE FROM checkpoints WHERE table_id = %s AND job_id = %s", (tid, holder)
+                )
             conn.execute(
-                "UPDATE workbook_tables SET locked_by = %s, locked_at = now() WHERE id = ANY(%s)",
-                (job_id, ids),
+                "UPDATE workbook_tables SET locked_by = %s, locked_at = now(), "
+                "lock_gen = lock_gen + 1 "
+                "WHERE id = ANY(%s) AND locked_by IS DISTINCT FROM %s",
+                (job_id, ids, job_id),
             )
             return {}
 
-    def unlock_tables(self, table_ids: Sequence[str], job_id: str) -> None:
-        """Release the tables' locks held by ``job_id``."""
+    @_translated
+    def unlock_tables(self, table_ids: Sequence[str], job_id: str) -> dict[str, int]:
+        """Release the tables' locks held by ``job_id``; count what it wrote."""
+        ids = list(table_ids)
         with self._tx() as conn:
             conn.execute(
                 "UPDATE workbook_tables SET locked_by = NULL, locked_at = NULL "
                 "WHERE locked_by = %s AND id = ANY(%s)",
-                (job_id, list(table_ids)),
+                (job_id, ids),
             )
+            conn.execute(
+                "DELETE FROM checkpoints WHERE job_id = %s AND table_id = ANY(%s)", (job_id, ids)
+            )
+            rows = conn.execute(
+                "SELECT table_id, count(*) FROM records WHERE table_id = ANY(%s) "
+                "AND seen_by = %s GROUP BY table_id",
+                (ids, job_id),
+            ).fetchall()
+        counts = {tid: int(n) for tid, n in rows}
+        return {tid: counts.get(tid, 0) for tid in ids}
 
+    @_translated
+    def lease(self, table_id: str, job_id: str) -> Lease:
+        """A fresh lease of ``job_id`` on the table it holds locked (LockLostError if not).
+
+        Each call bumps the lock's generation, so an earlier attempt of the same job
+        (a worker that lost contact but still runs) can no longer write.
+        """
+        with self._tx() as conn:
+            row = conn.execute(
+                "UPDATE workbook_tables SET lock_gen = lock_gen + 1 "
+                "WHERE id = %s AND locked_by = %s RETURNING lock_gen",
+                (table_id, job_id),
+            ).fetchone()
+        if row is None:
+            raise LockLostError(table_id, job_id)
+        return Lease(table_id, job_id, int(row[0]))
+
+    @_translated
     def locks_held_by(self, job_id: str) -> list[str]:
         """Table ids locked by ``job_id``."""
         with self._tx() as conn:
@@ -338,10 +446,12 @@ class PostgresStore:
 
     # --- records ---------------------------------------------------------------------
 
+    @_translated
     def write_page(
-        self, table_id: str, job_id: str, records: Sequence[RecordRow], checkpoint: TableCheckpoint
+        self, lease: Lease, records: Sequence[RecordRow], checkpoint: TableCheckpoint
     ) -> None:
-        """Upsert a page and save the checkpoint in one transaction."""
+        """Upsert a page and save the checkpoint in one transaction, fenced on the lease."""
+        table_id, job_id = lease.table_id, lease.job_id
         # Encode before the transaction: a record that cannot be encoded fails the page
         # without a round trip.
         dumps, option = orjson.dumps, orjson.OPT_NON_STR_KEYS
@@ -350,6 +460,9 @@ class PostgresStore:
             for i, (remote_id, fields) in enumerate(records)
         ]
         with self._tx() as conn, conn.cursor() as cur:
+            # The row lock (FOR SHARE) holds the lease for the transaction: a takeover
+            # waits until this page is committed, and then the generation moves on.
+            _check_lease(cur, lease)
             if rows:
                 with cur.copy(_COPY_PAGE) as copy:
                     for row in rows:
@@ -363,6 +476,7 @@ class PostgresStore:
                 (table_id, job_id, checkpoint.cursor, checkpoint.records, checkpoint.pages),
             )
 
+    @_translated
     def get_checkpoint(self, table_id: str, job_id: str) -> TableCheckpoint | None:
         """The last committed checkpoint of ``job_id`` on the table."""
         with self._tx() as conn:
@@ -375,35 +489,44 @@ class PostgresStore:
             return None
         return TableCheckpoint(cursor=row[0], records=row[1], pages=row[2])
 
-    def finish_sync(self, table_id: str, job_id: str, synced_at: datetime) -> SyncSummary:
+    @_translated
+    def finish_sync(self, lease: Lease, synced_at: datetime) -> SyncSummary:
         """Delete records the source no longer has (unless dirty), stamp, unlock."""
-        with self._tx() as conn:
-            kept = conn.execute(
+        table_id, job_id = lease.table_id, lease.job_id
+        with self._tx() as conn, conn.cursor() as cur:
+            row = cur.execute(
+                "SELECT locked_by, last_synced_by FROM workbook_tables WHERE id = %s FOR UPDATE",
+                (table_id,),
+            ).fetchone()
+            if row is not None and row[0] is None and row[1] == job_id:
+                # Committed before (the caller lost the answer): the same counts again.
+                return SyncSummary(deleted=0, kept_dirty=0, records=_count_seen(cur, lease))
+            _check_lease(cur, lease)
+            kept = cur.execute(
                 "SELECT count(*) FROM records WHERE table_id = %s AND dirty "
                 "AND seen_by IS DISTINCT FROM %s",
                 (table_id, job_id),
             ).fetchone()
-            with conn.cursor() as cur:
-                cur.execute(
-                    "DELETE FROM records WHERE table_id = %s AND NOT dirty "
-                    "AND seen_by IS DISTINCT FROM %s",
-                    (table_id, job_id),
-                )
-                deleted = cur.rowcount
-            conn.execute(
-                "UPDATE workbook_tables SET last_synced_at = %(at)s, "
-                "locked_by = CASE WHEN locked_by = %(job)s THEN NULL ELSE locked_by END, "
-                "locked_at = CASE WHEN locked_by = %(job)s THEN NULL ELSE locked_at END "
-                "WHERE id = %(table)s",
-                {"at": synced_at, "job": job_id, "table": table_id},
+            cur.execute(
+                "DELETE FROM records WHERE table_id = %s AND NOT dirty "
+                "AND seen_by IS DISTINCT FROM %s",
+                (table_id, job_id),
             )
-            conn.execute(
+            deleted = cur.rowcount
+            cur.execute(
+                "UPDATE workbook_tables SET last_synced_at = %s, last_synced_by = %s, "
+                "locked_by = NULL, locked_at = NULL WHERE id = %s",
+                (synced_at, job_id, table_id),
+            )
+            cur.execute(
                 "DELETE FROM checkpoints WHERE table_id = %s AND job_id = %s", (table_id, job_id)
             )
-        return SyncSummary(deleted=deleted, kept_dirty=int(kept[0]) if kept else 0)
+            records = _count_seen(cur, lease)
+        return SyncSummary(deleted=deleted, kept_dirty=int(kept[0]) if kept else 0, records=records)
 
     # --- reading and local edits -----------------------------------------------------
 
+    @_translated
     def count_records(self, table_id: str) -> int:
         """Number of records stored for the table."""
         with self._tx() as conn:
@@ -412,6 +535,7 @@ class PostgresStore:
             ).fetchone()
         return int(row[0]) if row else 0
 
+    @_translated
     def record_ids(self, table_id: str) -> list[str]:
         """Remote ids of the table's records, sorted."""
         with self._tx() as conn:
@@ -422,6 +546,7 @@ class PostgresStore:
             ).fetchall()
         return [r[0] for r in rows]
 
+    @_translated
     def get_record(self, table_id: str, remote_id: str) -> Mapping[str, Any] | None:
         """A record's fields, or None."""
         with self._tx() as conn:
@@ -431,6 +556,7 @@ class PostgresStore:
             ).fetchone()
         return None if row is None else dict(row[0])
 
+    @_translated
     def edit_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
         """Edit a record locally and flag it dirty."""
         encoded = _dumps(dict(fields))
@@ -442,6 +568,26 @@ class PostgresStore:
                 "dirty = true",
                 (table_id, remote_id, encoded),
             )
+
+
+def _check_lease(cur: psycopg.Cursor[TupleRow], lease: Lease) -> None:
+    """Raise LockLostError unless the lease's job still holds the lock it was given."""
+    row = cur.execute(
+        "SELECT 1 FROM workbook_tables WHERE id = %s AND locked_by = %s AND lock_gen = %s "
+        "FOR SHARE",
+        (lease.table_id, lease.job_id, lease.generation),
+    ).fetchone()
+    if row is None:
+        raise LockLostError(lease.table_id, lease.job_id)
+
+
+def _count_seen(cur: psycopg.Cursor[TupleRow], lease: Lease) -> int:
+    """Records of the table written by the lease's job (distinct remote ids)."""
+    row = cur.execute(
+        "SELECT count(*) FROM records WHERE table_id = %s AND seen_by = %s",
+        (lease.table_id, lease.job_id),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def redact_url(url: str) -> str:

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
 from connectors.base import RecordRow
+from enqueuer.errors import LockLostError, StoreUnavailableError
 from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
-from store.base import SyncSummary
+from store.base import HeldLock, Lease, SyncSummary
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Columns added after the first release: added to an older file by migrate().
+_ADDED_COLUMNS = {
+    "workbook_tables": (
+        ("lock_gen", "INTEGER NOT NULL DEFAULT 0"),
+        ("last_synced_by", "TEXT"),
+    ),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workbooks (
@@ -33,7 +46,9 @@ CREATE TABLE IF NOT EXISTS workbook_tables (
     account_id TEXT,
     locked_by TEXT,
     locked_at TEXT,
-    last_synced_at TEXT
+    lock_gen INTEGER NOT NULL DEFAULT 0,
+    last_synced_at TEXT,
+    last_synced_by TEXT
 );
 CREATE INDEX IF NOT EXISTS workbook_tables_workbook ON workbook_tables(workbook_id);
 CREATE INDEX IF NOT EXISTS workbook_tables_locked_by ON workbook_tables(locked_by);
@@ -75,12 +90,36 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn SQLite's "database is locked" and I/O failures into StoreUnavailableError."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            store = args[0]
+            assert isinstance(store, SqliteStore)
+            raise StoreUnavailableError(store.url, str(exc)) from exc
+
+    return call
+
+
 class SqliteStore:
     """Store in one SQLite file; one connection per thread, writes serialized by SQLite."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+        """Prepare the store; connections open lazily, one per calling thread.
+
+        Args:
+            path: the database file.
+            busy_timeout: seconds a write waits for another writer (in this process or
+                another) before failing with ``StoreUnavailableError``.
+
+        """
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
+        self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -97,7 +136,7 @@ class SqliteStore:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
             with self._all_lock:
@@ -107,7 +146,11 @@ class SqliteStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        with self._write_lock:
+        if not self._write_lock.acquire(timeout=self._busy_timeout):
+            raise sqlite3.OperationalError(
+                f"another writer in this process held the store for {self._busy_timeout:g}s"
+            )
+        try:
             # IMMEDIATE takes the write lock up front, so two writers never deadlock
             # upgrading read locks.
             conn.execute("BEGIN IMMEDIATE")
@@ -117,10 +160,19 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        finally:
+            self._write_lock.release()
 
+    @_translated
     def migrate(self) -> None:
-        """Create the schema if missing."""
-        self._conn().executescript(_SCHEMA)
+        """Create the schema if missing; add the columns newer versions use."""
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         """Close every thread's connection."""
@@ -132,6 +184,7 @@ class SqliteStore:
 
     # --- catalog ---------------------------------------------------------------------
 
+    @_translated
     def put_workbook(self, workbook: Workbook) -> None:
         """Create or replace a workbook and its tables (locks and sync times kept)."""
         with self._write() as conn:
@@ -173,6 +226,7 @@ class SqliteStore:
                     ),
                 )
 
+    @_translated
     def get_workbook(self, workbook_id: str) -> Workbook | None:
         """The workbook with its tables, or None."""
         conn = self._conn()
@@ -200,6 +254,7 @@ class SqliteStore:
         ]
         return Workbook(id=row[0], organization_id=row[1], name=row[2], tables=tables)
 
+    @_translated
     def put_account(self, account: ConnectorAccount) -> None:
         """Create or replace a connector account."""
         with self._write() as conn:
@@ -209,6 +264,7 @@ class SqliteStore:
                 (account.id, account.organization_id, account.auth, account.secret, account.header),
             )
 
+    @_translated
     def get_account(self, account_id: str) -> ConnectorAccount | None:
         """A connector account, or None."""
         row = (
@@ -228,27 +284,46 @@ class SqliteStore:
 
     # --- locks -----------------------------------------------------------------------
 
-    def lock_tables(self, table_ids: Sequence[str], job_id: str) -> dict[str, str]:
+    @_translated
+    def lock_tables(
+        self,
+        table_ids: Sequence[str],
+        job_id: str,
+        *,
+        take_over: Mapping[str, str] | None = None,
+    ) -> dict[str, HeldLock]:
         """Lock all tables for ``job_id`` or none; return the conflicting holders."""
+        stale = take_over or {}
         marks = ",".join("?" * len(table_ids))
+        now = datetime.now(UTC)
         with self._write() as conn:
-            held = dict(
-                conn.execute(
-                    f"SELECT id, locked_by FROM workbook_tables WHERE id IN ({marks}) "
-                    "AND locked_by IS NOT NULL AND locked_by != ?",
-                    (*table_ids, job_id),
-                ).fetchall()
-            )
+            rows = conn.execute(
+                f"SELECT id, locked_by, locked_at FROM workbook_tables WHERE id IN ({marks}) "
+                "AND locked_by IS NOT NULL AND locked_by != ?",
+                (*table_ids, job_id),
+            ).fetchall()
+            held = {
+                tid: HeldLock(holder, _age(now, locked_at))
+                for tid, holder, locked_at in rows
+                if stale.get(tid) != holder
+            }
             if held:
                 return held
+            for tid, holder, _ in rows:  # taken over: the stale holder's progress goes
+                conn.execute(
+                    "DELETE FROM checkpoints WHERE table_id = ? AND job_id = ?", (tid, holder)
+                )
             conn.execute(
-                f"UPDATE workbook_tables SET locked_by = ?, locked_at = ? WHERE id IN ({marks})",
-                (job_id, _now_iso(), *table_ids),
+                "UPDATE workbook_tables SET locked_by = ?, locked_at = ?, "
+                "lock_gen = lock_gen + 1 "
+                f"WHERE id IN ({marks}) AND (locked_by IS NULL OR locked_by != ?)",
+                (job_id, now.isoformat(), *table_ids, job_id),
             )
             return {}
 
-    def unlock_tables(self, table_ids: Sequence[str], job_id: str) -> None:
-        """Release the tables' locks held by ``job_id``."""
+    @_translated
+    def unlock_tables(self, table_ids: Sequence[str], job_id: str) -> dict[str, int]:
+        """Release the tables' locks held by ``job_id``; count what it wrote."""
         marks = ",".join("?" * len(table_ids))
         with self._write() as conn:
             conn.execute(
@@ -256,7 +331,30 @@ class SqliteStore:
                 f"WHERE locked_by = ? AND id IN ({marks})",
                 (job_id, *table_ids),
             )
+            conn.execute(
+                f"DELETE FROM checkpoints WHERE job_id = ? AND table_id IN ({marks})",
+                (job_id, *table_ids),
+            )
+            return {tid: _count_seen(conn, tid, job_id) for tid in table_ids}
 
+    @_translated
+    def lease(self, table_id: str, job_id: str) -> Lease:
+        """A fresh lease of ``job_id`` on the table it holds locked (LockLostError if not).
+
+        Each call bumps the lock's generation, so an earlier attempt of the same job
+        (a worker that lost contact but still runs) can no longer write.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE workbook_tables SET lock_gen = lock_gen + 1 "
+                "WHERE id = ? AND locked_by = ? RETURNING lock_gen",
+                (table_id, job_id),
+            ).fetchone()
+        if row is None:
+            raise LockLostError(table_id, job_id)
+        return Lease(table_id, job_id, int(row[0]))
+
+    @_translated
     def locks_held_by(self, job_id: str) -> list[str]:
         """Table ids locked by ``job_id``."""
         rows = self._conn().execute(
@@ -266,16 +364,19 @@ class SqliteStore:
 
     # --- records ---------------------------------------------------------------------
 
+    @_translated
     def write_page(
-        self, table_id: str, job_id: str, records: Sequence[RecordRow], checkpoint: TableCheckpoint
+        self, lease: Lease, records: Sequence[RecordRow], checkpoint: TableCheckpoint
     ) -> None:
-        """Upsert a page and save the checkpoint in one transaction."""
+        """Upsert a page and save the checkpoint in one transaction, fenced on the lease."""
+        table_id, job_id = lease.table_id, lease.job_id
         dumps, option = orjson.dumps, orjson.OPT_NON_STR_KEYS
         rows = [
             (table_id, remote_id, dumps(fields, option=option).decode(), job_id)
             for remote_id, fields in records
         ]
         with self._write() as conn:
+            _check_lease(conn, lease)
             conn.executemany(_UPSERT_RECORD, rows)
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints (table_id, job_id, cursor, records, pages) "
@@ -283,6 +384,7 @@ class SqliteStore:
                 (table_id, job_id, checkpoint.cursor, checkpoint.records, checkpoint.pages),
             )
 
+    @_translated
     def get_checkpoint(self, table_id: str, job_id: str) -> TableCheckpoint | None:
         """The last committed checkpoint of ``job_id`` on the table."""
         row = (
@@ -297,9 +399,21 @@ class SqliteStore:
             return None
         return TableCheckpoint(cursor=row[0], records=row[1], pages=row[2])
 
-    def finish_sync(self, table_id: str, job_id: str, synced_at: datetime) -> SyncSummary:
+    @_translated
+    def finish_sync(self, lease: Lease, synced_at: datetime) -> SyncSummary:
         """Delete records the source no longer has (unless dirty), stamp, unlock."""
+        table_id, job_id = lease.table_id, lease.job_id
         with self._write() as conn:
+            row = conn.execute(
+                "SELECT locked_by, lock_gen, last_synced_by FROM workbook_tables WHERE id = ?",
+                (table_id,),
+            ).fetchone()
+            if row is not None and row[0] is None and row[2] == job_id:
+                # Committed before (the caller lost the answer): the same counts again.
+                return SyncSummary(
+                    deleted=0, kept_dirty=0, records=_count_seen(conn, table_id, job_id)
+                )
+            _check_lease(conn, lease)
             kept = conn.execute(
                 "SELECT count(*) FROM records WHERE table_id = ? AND dirty = 1 "
                 "AND (seen_by IS NULL OR seen_by != ?)",
@@ -311,19 +425,19 @@ class SqliteStore:
                 (table_id, job_id),
             ).rowcount
             conn.execute(
-                "UPDATE workbook_tables SET last_synced_at = ?, "
-                "locked_by = CASE WHEN locked_by = ? THEN NULL ELSE locked_by END, "
-                "locked_at = CASE WHEN locked_by = ? THEN NULL ELSE locked_at END "
-                "WHERE id = ?",
-                (synced_at.isoformat(), job_id, job_id, table_id),
+                "UPDATE workbook_tables SET last_synced_at = ?, last_synced_by = ?, "
+                "locked_by = NULL, locked_at = NULL WHERE id = ?",
+                (synced_at.isoformat(), job_id, table_id),
             )
             conn.execute(
                 "DELETE FROM checkpoints WHERE table_id = ? AND job_id = ?", (table_id, job_id)
             )
-        return SyncSummary(deleted=deleted, kept_dirty=kept)
+            records = _count_seen(conn, table_id, job_id)
+        return SyncSummary(deleted=deleted, kept_dirty=kept, records=records)
 
     # --- reading and local edits -----------------------------------------------------
 
+    @_translated
     def count_records(self, table_id: str) -> int:
         """Number of records stored for the table."""
         row = (
@@ -333,6 +447,7 @@ class SqliteStore:
         )
         return int(row[0])
 
+    @_translated
     def record_ids(self, table_id: str) -> list[str]:
         """Remote ids of the table's records, sorted."""
         rows = self._conn().execute(
@@ -340,6 +455,7 @@ class SqliteStore:
         )
         return [r[0] for r in rows]
 
+    @_translated
     def get_record(self, table_id: str, remote_id: str) -> Mapping[str, Any] | None:
         """A record's fields, or None."""
         row = (
@@ -352,6 +468,7 @@ class SqliteStore:
         )
         return None if row is None else dict(json.loads(row[0]))
 
+    @_translated
     def edit_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
         """Edit a record locally and flag it dirty."""
         with self._write() as conn:
@@ -363,5 +480,29 @@ class SqliteStore:
             )
 
 
-def _now_iso() -> str:
-    return datetime.now().astimezone().isoformat()
+def _age(now: datetime, locked_at: str | None) -> float:
+    """Seconds since ``locked_at`` (an ISO time; a lock with no time counts as old)."""
+    if not locked_at:
+        return float("inf")
+    at = datetime.fromisoformat(locked_at)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return max(0.0, (now - at).total_seconds())
+
+
+def _check_lease(conn: sqlite3.Connection, lease: Lease) -> None:
+    """Raise LockLostError unless the lease's job still holds the lock it was given."""
+    row = conn.execute(
+        "SELECT 1 FROM workbook_tables WHERE id = ? AND locked_by = ? AND lock_gen = ?",
+        (lease.table_id, lease.job_id, lease.generation),
+    ).fetchone()
+    if row is None:
+        raise LockLostError(lease.table_id, lease.job_id)
+
+
+def _count_seen(conn: sqlite3.Connection, table_id: str, job_id: str) -> int:
+    """Records of the table written by ``job_id`` (distinct remote ids)."""
+    row = conn.execute(
+        "SELECT count(*) FROM records WHERE table_id = ? AND seen_by = ?", (table_id, job_id)
+    ).fetchone()
+    return int(row[0])

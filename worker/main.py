@@ -19,6 +19,7 @@ from enqueuer.settings import Settings
 from store import Store, open_store
 from worker.schedules import ensure_retention_schedule, retention_worker_parts
 from workflows.download_records import DownloadRecordsWorkflow
+from workflows.notify import NotifyWorkflow
 
 log = structlog.get_logger(__name__)
 
@@ -54,14 +55,19 @@ def build_worker(
         task_queue: override of ``settings.temporal.task_queue`` (tests).
 
     """
-    download = DownloadActivities(store, connectors)
-    notify = NotifyActivities(webhook)
     progress = settings.jobs.progress_interval
+    download = DownloadActivities(
+        store,
+        connectors,
+        store_outage_timeout=settings.jobs.store_outage_timeout,
+        live_interval=progress,
+    )
+    notify = NotifyActivities(webhook)
     retention_workflows, retention_activities = retention_worker_parts(client)
     return Worker(
         client,
         task_queue=task_queue or settings.temporal.task_queue,
-        workflows=[DownloadRecordsWorkflow, *retention_workflows],
+        workflows=[DownloadRecordsWorkflow, NotifyWorkflow, *retention_workflows],
         activities=[
             download.resolve_tables,
             download.download_table,

@@ -2,9 +2,10 @@
 
 Deterministic and thin: the orchestration lives in :mod:`workflows.orchestration`
 (shared with the in-process backend); this module maps its effects onto activities.
-Live record counts are not kept here (that would cost a history event per page):
-they ride on the table activities' heartbeat details, which the enqueuer reads with
-``describe``; the ``progress`` query gives statuses and final counts.
+Live record counts cost no history event per page: they ride on the table activities'
+heartbeat details, which the enqueuer reads with ``describe``; the ``progress`` query
+gives statuses and counts. For the Web UI's current details the table activities also
+signal their count, at most once per progress interval (less often on long tables).
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    TimeoutError,
+    TimeoutType,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
-    from activities.download import DownloadActivities
-    from activities.notify import NotifyActivities
+    from activities.download import INFRASTRUCTURE_ERRORS, DownloadActivities
     from enqueuer import wire
     from enqueuer.models import (
         DownloadRecordsWorkflowInput,
@@ -29,16 +35,24 @@ with workflow.unsafe.imports_passed_through():
         JobProgress,
         JobResult,
         JobStatus,
-        NotifyInput,
+        NotifyWorkflowInput,
         ReleaseLocksInput,
+        ReleaseLocksResult,
         ResolveTablesInput,
         ResolveTablesResult,
+        TableAttemptFailure,
+        TableCheckpoint,
+        TableLive,
         TableStatus,
     )
-    from workflows.orchestration import JobRun, TableFailedError, failure_message
+    from workflows.notify import NotifyWorkflow
+    from workflows.orchestration import JobRun, TableAttemptFailedError, TableFailedError
 
 _SHORT = timedelta(seconds=30)
 _SHORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=_SHORT)
+# One attempt per activity: the job's own loop (JobRun) decides about retries, so that
+# a lost worker never uses up an attempt meant for the source's errors.
+_ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 _JOB_END = {
     EventKind.JOB_COMPLETED: JobStatus.COMPLETED,
     EventKind.JOB_FAILED: JobStatus.FAILED,
@@ -61,7 +75,7 @@ class DownloadRecordsWorkflow:
         result = await self._run.run()
         if result.status == JobStatus.FAILED:
             raise ApplicationError(
-                failure_message(result),
+                result.progress.error or "job failed",
                 result.progress,
                 type="JobFailedError",
                 non_retryable=True,
@@ -70,8 +84,13 @@ class DownloadRecordsWorkflow:
 
     @workflow.query(name=wire.QUERY_PROGRESS)
     def progress(self) -> JobProgress:
-        """Statuses and completed counts of every table (live counts: see module doc)."""
+        """Statuses and counts of every table (see the module doc for live counts)."""
         return self._run.progress
+
+    @workflow.signal(name=wire.SIGNAL_TABLE_LIVE)
+    def table_live(self, live: TableLive) -> None:
+        """A table attempt's live count: keeps the Web UI's current details live."""
+        self._run.live(live.table_id, live.attempt, live.records)
 
 
 class _WorkflowOps:
@@ -79,13 +98,6 @@ class _WorkflowOps:
 
     def __init__(self, input: DownloadRecordsWorkflowInput) -> None:
         self._input = input
-        r = input.retry
-        self._table_retry = RetryPolicy(
-            maximum_attempts=r.maximum_attempts,
-            initial_interval=r.initial_interval,
-            backoff_coefficient=r.backoff_coefficient,
-            maximum_interval=r.maximum_interval,
-        )
         # The workflow's meter records nothing while replaying: no event counts twice.
         meter = workflow.metric_meter()
         self._tables_completed = meter.create_counter(
@@ -98,6 +110,9 @@ class _WorkflowOps:
             wire.METRIC_JOB_DURATION, "Job run time, from start to close.", "s"
         )
         self._progress: JobProgress | None = None
+        self._notifier: asyncio.Task[workflow.ChildWorkflowHandle[NotifyWorkflow, int]] | None
+        self._notifier = None
+        self._handing_over: list[asyncio.Task[None]] = []
 
     async def resolve_tables(self, input: ResolveTablesInput) -> ResolveTablesResult:
         try:
@@ -118,22 +133,21 @@ class _WorkflowOps:
             return await workflow.execute_activity_method(
                 DownloadActivities.download_table,
                 input,
-                activity_id=f"table:{input.table_id}",
+                activity_id=wire.table_activity_id(input.table_id, input.attempt),
                 start_to_close_timeout=self._input.table_timeout,
                 heartbeat_timeout=self._input.heartbeat_timeout,
-                retry_policy=self._table_retry,
+                retry_policy=_ONE_ATTEMPT,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"Download table {input.table_id} of workbook {input.workbook_id}",
+                summary=f"Download table {input.table_id} of workbook {input.workbook_id} "
+                f"(attempt {input.attempt})",
             )
         except ActivityError as exc:
             if is_cancelled_exception(exc):
                 raise asyncio.CancelledError from exc
-            cause = exc.cause
-            message = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
-            raise TableFailedError(message) from exc
+            raise _attempt_failure(exc) from exc
 
-    async def release_locks(self, input: ReleaseLocksInput) -> None:
-        await workflow.execute_activity_method(
+    async def release_locks(self, input: ReleaseLocksInput) -> ReleaseLocksResult:
+        return await workflow.execute_activity_method(
             DownloadActivities.release_locks,
             input,
             start_to_close_timeout=_SHORT,
@@ -141,7 +155,10 @@ class _WorkflowOps:
             summary=f"Release locks of {len(input.table_ids)} tables",
         )
 
-    async def notify(self, event: JobEvent) -> None:
+    async def sleep(self, delay: timedelta) -> None:
+        await workflow.sleep(delay, summary="Back off before the next attempt")
+
+    def notify(self, event: JobEvent) -> None:
         self._record_metrics(event)
         workflow.logger.info(
             "job_event",
@@ -154,36 +171,29 @@ class _WorkflowOps:
                 "error": event.error,
             },
         )
+        if self._input.webhook_retry is not None:
+            self._handing_over.append(asyncio.create_task(self._hand_over(event)))
+
+    async def _hand_over(self, event: JobEvent) -> None:
+        """Signal the event to the job's notifier (started with the first event)."""
         retry = self._input.webhook_retry
-        if retry is None:
-            return
-        try:
-            await workflow.execute_activity_method(
-                NotifyActivities.notify,
-                NotifyInput(event=event),
-                start_to_close_timeout=_SHORT,
-                retry_policy=RetryPolicy(
-                    maximum_attempts=retry.maximum_attempts,
-                    initial_interval=retry.initial_interval,
-                    backoff_coefficient=retry.backoff_coefficient,
-                    maximum_interval=retry.maximum_interval,
-                ),
-                summary=f"Notify {event.kind.value}",
+        assert retry is not None
+        if self._notifier is None:
+            self._notifier = asyncio.create_task(
+                workflow.start_child_workflow(
+                    NotifyWorkflow.run,
+                    NotifyWorkflowInput(job_id=self._input.job_id, retry=retry),
+                    id=f"{self._input.job_id}-notify",
+                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                    static_summary=f"Webhook events of job {self._input.job_id}",
+                )
             )
-        except ActivityError as exc:
-            if is_cancelled_exception(exc):
-                raise asyncio.CancelledError from exc
-            # A receiver that stays down must not fail the download (the in-process
-            # backend gives up the same way): the event is dropped after its retries.
-            workflow.logger.warning(
-                "webhook_given_up",
-                extra={
-                    "event_id": event.event_id,
-                    "job_id": event.job_id,
-                    "workbook_id": event.workbook_id,
-                    "attempts": retry.maximum_attempts,
-                },
-            )
+        notifier = await self._notifier
+        await notifier.signal(NotifyWorkflow.event, event)
+
+    async def flush_notifications(self) -> None:
+        # Handing over is fast (a signal); delivery happens in the notifier.
+        await asyncio.gather(*self._handing_over)
 
     def now(self) -> datetime:
         return workflow.now()
@@ -212,6 +222,42 @@ class _WorkflowOps:
                 max(0.0, (finished - progress.started_at).total_seconds()),
                 {"status": _JOB_END[event.kind].value},
             )
+
+
+def _attempt_failure(exc: ActivityError) -> Exception:
+    """Classify a failed table attempt: for good, the source's fault, or the infrastructure's."""
+    cause = exc.cause
+    if isinstance(cause, ApplicationError):
+        details = TableAttemptFailure.model_validate(cause.details[0]) if cause.details else None
+        if details is not None and not details.retryable:
+            return TableFailedError(cause.message, details.records)
+        return TableAttemptFailedError(
+            cause.message,
+            infrastructure=cause.type in INFRASTRUCTURE_ERRORS,
+            progressed=details.progressed if details else False,
+            records=details.records if details else None,
+        )
+    if isinstance(cause, TimeoutError):
+        records = None
+        if cause.last_heartbeat_details:
+            records = TableCheckpoint.model_validate(cause.last_heartbeat_details[0]).records
+        if cause.type == TimeoutType.HEARTBEAT:
+            # The worker died or lost contact: resume elsewhere, no retry used up.
+            return TableAttemptFailedError(
+                "the worker stopped heartbeating (crashed or cut off)",
+                infrastructure=True,
+                progressed=False,
+                records=records,
+            )
+        return TableAttemptFailedError(
+            f"attempt timed out ({cause.type.name if cause.type else 'timeout'})",
+            infrastructure=False,
+            progressed=False,
+            records=records,
+        )
+    return TableAttemptFailedError(
+        str(cause or exc), infrastructure=False, progressed=False, records=None
+    )
 
 
 def render_details(progress: JobProgress) -> str:

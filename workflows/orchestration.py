@@ -10,7 +10,7 @@ it runs unchanged inside the workflow sandbox.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from enqueuer.models import (
@@ -23,6 +23,7 @@ from enqueuer.models import (
     JobResult,
     JobStatus,
     ReleaseLocksInput,
+    ReleaseLocksResult,
     ResolveTablesInput,
     ResolveTablesResult,
     TableProgress,
@@ -32,7 +33,28 @@ from enqueuer.models import (
 
 
 class TableFailedError(Exception):
-    """A table download failed for good (retries exhausted or non-retryable)."""
+    """A table attempt failed in a way no retry can fix (bad config, 4xx, lock lost)."""
+
+    def __init__(self, message: str, records: int | None = None) -> None:
+        self.records = records
+        super().__init__(message)
+
+
+class TableAttemptFailedError(Exception):
+    """A table attempt failed and another attempt may succeed.
+
+    ``infrastructure`` attempts (the worker died or stopped, the store was out) and
+    attempts that committed new pages (``progressed``) do not use up the table's
+    retries; ``records`` is what the job has committed to the table, when known.
+    """
+
+    def __init__(
+        self, message: str, *, infrastructure: bool, progressed: bool, records: int | None
+    ) -> None:
+        self.infrastructure = infrastructure
+        self.progressed = progressed
+        self.records = records
+        super().__init__(message)
 
 
 class JobOps(Protocol):
@@ -43,15 +65,29 @@ class JobOps(Protocol):
         ...
 
     async def download_table(self, input: DownloadTableInput) -> DownloadTableResult:
-        """Download a table with the job's retry policy; raise TableFailedError at the end."""
+        """Make one attempt at a table.
+
+        Raises:
+            TableFailedError: no retry can help.
+            TableAttemptFailedError: another attempt may succeed.
+
+        """
         ...
 
-    async def release_locks(self, input: ReleaseLocksInput) -> None:
-        """Release table locks."""
+    async def release_locks(self, input: ReleaseLocksInput) -> ReleaseLocksResult:
+        """Release table locks; say how many records the job wrote to each table."""
         ...
 
-    async def notify(self, event: JobEvent) -> None:
-        """Deliver a notification event."""
+    async def sleep(self, delay: timedelta) -> None:
+        """Wait (a durable timer inside Temporal)."""
+        ...
+
+    def notify(self, event: JobEvent) -> None:
+        """Hand an event to the notification sinks without waiting for delivery."""
+        ...
+
+    async def flush_notifications(self) -> None:
+        """Wait until every event is handed over (not delivered) before the job closes."""
         ...
 
     def now(self) -> datetime:
@@ -69,6 +105,7 @@ class JobRun:
     def __init__(self, input: DownloadRecordsWorkflowInput, ops: JobOps) -> None:
         self._input = input
         self._ops = ops
+        self.organization_id = input.job.actor.organization_id
         self.progress = JobProgress(
             job_id=input.job_id,
             workbook_id=input.job.workbook_id,
@@ -96,7 +133,7 @@ class JobRun:
             for ref in resolved.tables:
                 self._set(ref.table_id, name=ref.name, connector=ref.connector)
             for table_id in resolved.missing:
-                await self._table_failed(table_id, "table is no longer in the workbook")
+                self._table_failed(table_id, "table is no longer in the workbook")
             if resolved.missing:
                 await self._ops.release_locks(
                     ReleaseLocksInput(job_id=job.job_id, table_ids=resolved.missing)
@@ -113,47 +150,101 @@ class JobRun:
         return await self._finish()
 
     async def _download(self, ref: TableRef, gate: asyncio.Semaphore) -> None:
-        async with gate:
-            self._set(ref.table_id, status=TableStatus.ACTIVE)
-            try:
-                result = await self._ops.download_table(
-                    DownloadTableInput(
-                        job_id=self._input.job_id,
-                        workbook_id=self._input.job.workbook_id,
-                        table_id=ref.table_id,
-                    )
-                )
-            except TableFailedError as exc:
-                await self._ops.release_locks(
-                    ReleaseLocksInput(job_id=self._input.job_id, table_ids=[ref.table_id])
-                )
-                await self._table_failed(ref.table_id, str(exc))
-                return
-            self._set(
-                ref.table_id,
-                status=TableStatus.COMPLETED,
-                records=result.records,
-                deleted=result.deleted,
-                kept_dirty=result.kept_dirty,
-            )
-            await self._notify(EventKind.TABLE_COMPLETED, ref.table_id, records=result.records)
+        """Attempt the table until it completes or fails for good.
 
-    async def _table_failed(self, table_id: str, error: str) -> None:
+        Failures of the source or the data use up ``retry.maximum_attempts``, with
+        exponential backoff between them, unless the attempt committed new pages;
+        attempts lost to the infrastructure are resumed at once, up to
+        ``retry.maximum_interruptions`` in a row.
+        """
+        retry = self._input.retry
+        failures = interruptions = attempt = 0
+        async with gate:
+            while True:
+                attempt += 1
+                self._set(ref.table_id, status=TableStatus.ACTIVE, attempt=attempt)
+                try:
+                    result = await self._ops.download_table(
+                        DownloadTableInput(
+                            job_id=self._input.job_id,
+                            workbook_id=self._input.job.workbook_id,
+                            table_id=ref.table_id,
+                            attempt=attempt,
+                        )
+                    )
+                except TableFailedError as exc:
+                    await self._give_up(ref.table_id, str(exc))
+                    return
+                except TableAttemptFailedError as exc:
+                    if exc.records is not None:
+                        self._set(ref.table_id, records=exc.records)
+                    if exc.progressed:
+                        failures = interruptions = 0
+                    if exc.infrastructure:
+                        interruptions += 1
+                        if interruptions > retry.maximum_interruptions:
+                            await self._give_up(
+                                ref.table_id,
+                                f"{exc} ({interruptions} attempts in a row were interrupted)",
+                            )
+                            return
+                        continue
+                    failures += 1
+                    if failures >= retry.maximum_attempts:
+                        await self._give_up(ref.table_id, str(exc))
+                        return
+                    await self._ops.sleep(retry.backoff(failures))
+                    continue
+                break
+        self._set(
+            ref.table_id,
+            status=TableStatus.COMPLETED,
+            records=result.records,
+            deleted=result.deleted,
+            kept_dirty=result.kept_dirty,
+        )
+        self._notify(EventKind.TABLE_COMPLETED, ref.table_id, records=result.records)
+
+    async def _give_up(self, table_id: str, error: str) -> None:
+        released = await self._ops.release_locks(
+            ReleaseLocksInput(job_id=self._input.job_id, table_ids=[table_id])
+        )
+        if table_id in released.records:
+            self._set(table_id, records=released.records[table_id])
+        self._table_failed(table_id, error)
+
+    def _table_failed(self, table_id: str, error: str) -> None:
         self._set(table_id, status=TableStatus.FAILED, error=error)
-        await self._notify(EventKind.TABLE_FAILED, table_id, error=error)
+        self._notify(
+            EventKind.TABLE_FAILED,
+            table_id,
+            records=self.progress.tables[table_id].records,
+            error=error,
+        )
+
+    def live(self, table_id: str, attempt: int, records: int) -> None:
+        """A live count from an active table's attempt (ignored once it moved on)."""
+        table = self.progress.tables.get(table_id)
+        if table and table.status == TableStatus.ACTIVE and table.attempt == attempt:
+            self._set(table_id, records=records)
 
     async def _cancelled(self) -> None:
+        released = await self._ops.release_locks(
+            ReleaseLocksInput(job_id=self._input.job_id, table_ids=self._input.table_ids)
+        )
         for table in self.progress.tables.values():
             if table.status in (TableStatus.PENDING, TableStatus.ACTIVE):
-                self._set(table.table_id, status=TableStatus.CANCELLED)
+                self._set(
+                    table.table_id,
+                    status=TableStatus.CANCELLED,
+                    records=released.records.get(table.table_id, table.records),
+                )
         self.progress = self.progress.model_copy(
             update={"status": JobStatus.CANCELLED, "finished_at": self._ops.now()}
         )
         self._ops.progress_changed(self.progress)
-        await self._ops.release_locks(
-            ReleaseLocksInput(job_id=self._input.job_id, table_ids=self._input.table_ids)
-        )
-        await self._notify(EventKind.JOB_CANCELLED)
+        self._notify(EventKind.JOB_CANCELLED, records=self.progress.total_records)
+        await self._ops.flush_notifications()
 
     async def _finish(self) -> JobResult:
         failed = self.progress.failed_tables
@@ -161,6 +252,10 @@ class JobRun:
         self.progress = self.progress.model_copy(
             update={"status": status, "finished_at": self._ops.now()}
         )
+        if failed:
+            self.progress = self.progress.model_copy(
+                update={"error": failure_message(self._input.job_id, self.progress)}
+            )
         self._ops.progress_changed(self.progress)
         result = JobResult(
             job_id=self._input.job_id,
@@ -169,11 +264,12 @@ class JobRun:
             failed_tables=failed,
             duration=self.progress.duration,
         )
-        await self._notify(
+        self._notify(
             EventKind.JOB_FAILED if failed else EventKind.JOB_COMPLETED,
             records=self.progress.total_records,
-            error=failure_message(result) if failed else None,
+            error=self.progress.error,
         )
+        await self._ops.flush_notifications()
         return result
 
     def _set(self, table_id: str, **changes: object) -> None:
@@ -181,7 +277,7 @@ class JobRun:
         self.progress = self.progress.with_table(table)
         self._ops.progress_changed(self.progress)
 
-    async def _notify(
+    def _notify(
         self,
         kind: EventKind,
         table_id: str | None = None,
@@ -190,7 +286,7 @@ class JobRun:
         error: str | None = None,
     ) -> None:
         job_id = self._input.job_id
-        await self._ops.notify(
+        self._ops.notify(
             JobEvent(
                 # Stable per job, kind and table: a receiver drops a redelivered duplicate.
                 event_id=JobEvent.stable_id(job_id, kind, table_id),
@@ -205,9 +301,8 @@ class JobRun:
         )
 
 
-def failure_message(result: JobResult) -> str:
+def failure_message(job_id: str, progress: JobProgress) -> str:
     """One line naming the failed tables of a failed job."""
-    tables = result.progress.tables
-    return f"job {result.job_id} failed; tables failed: " + "; ".join(
-        f"{tid} ({tables[tid].error})" for tid in result.failed_tables
+    return f"job {job_id} failed; tables failed: " + "; ".join(
+        f"{t.table_id} ({t.error})" for t in progress.tables.values() if t.status == "failed"
     )

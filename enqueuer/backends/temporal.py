@@ -10,9 +10,11 @@ from typing import Any, TypeVar
 
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowQueryFailedError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -21,7 +23,15 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from enqueuer import wire
-from enqueuer.errors import EnqueueConnectionError, JobNotFoundError, ServerSetupError
+from enqueuer.backends.base import HolderState
+from enqueuer.errors import (
+    EnqueueConnectionError,
+    JobAlreadyClosedError,
+    JobBackendError,
+    JobNotFoundError,
+    ServerSetupError,
+    WorkerUnavailableError,
+)
 from enqueuer.models import (
     JOB_TYPE_DOWNLOAD_RECORDS,
     Backend,
@@ -108,7 +118,9 @@ class TemporalBackend:
                 raise EnqueueConnectionError(self._settings.address, exc.message) from exc
             if exc.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in exc.message:
                 raise ServerSetupError(exc.message) from exc
-            raise
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise
+            raise JobBackendError(self._settings.address, exc.status.name, exc.message) from exc
         except RuntimeError as exc:  # the SDK's "Failed client connect"
             if "connect" in str(exc).lower():
                 raise EnqueueConnectionError(self._settings.address, str(exc)) from exc
@@ -142,55 +154,80 @@ class TemporalBackend:
         self._bump_running()
         return handle.result_run_id
 
-    async def progress(self, job_id: str) -> JobProgress:
-        """Progress of a job.
+    async def _describe_job(
+        self, job_id: str, organization_id: str
+    ) -> tuple[WorkflowHandle[Any, JobResult], WorkflowExecutionDescription]:
+        """The job's handle and description, if it is a job of the organization.
 
-        While it runs: statuses from the ``progress`` query, live counts from the table
-        activities' heartbeat details. Once closed: from its result or failure in the
-        history, so no worker is needed to answer.
+        Raises:
+            JobNotFoundError: unknown id, another organization's job, or a workflow
+                that is not one of the engine's jobs (all look the same).
+
         """
         client = await self.client()
         handle = client.get_workflow_handle(job_id, result_type=JobResult)
         try:
-            description = await handle.describe(rpc_timeout=self._timeout)
-            if description.status != WorkflowExecutionStatus.RUNNING:
-                return (await self._closed_result(handle)).progress
-            progress: JobProgress = await handle.query(
-                wire.QUERY_PROGRESS, result_type=JobProgress, rpc_timeout=self._timeout
+            description = await self._bounded(handle.describe(rpc_timeout=self._timeout))
+        except RPCError as exc:  # NOT_FOUND (the rest is translated by _bounded)
+            raise JobNotFoundError(job_id) from exc
+        attributes = description.typed_search_attributes
+        if (
+            description.workflow_type != wire.WORKFLOW_DOWNLOAD_RECORDS
+            or attributes.get(wire.SA_ORGANIZATION_ID) != organization_id
+        ):
+            raise JobNotFoundError(job_id)
+        return handle, description
+
+    async def progress(self, job_id: str, organization_id: str) -> JobProgress:
+        """Progress of a job.
+
+        While it runs: statuses and counts from the ``progress`` query, live counts of
+        active tables from their attempts' heartbeat details. Once closed: from its
+        result or failure in the history, so no worker is needed to answer.
+
+        Raises:
+            JobNotFoundError: no such job for the organization.
+            WorkerUnavailableError: the job runs but no worker answered the query.
+
+        """
+        handle, description = await self._describe_job(job_id, organization_id)
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            return (await self._closed_result(handle)).progress
+        try:
+            progress: JobProgress = await asyncio.wait_for(
+                handle.query(
+                    wire.QUERY_PROGRESS, result_type=JobProgress, rpc_timeout=self._timeout
+                ),
+                self._timeout.total_seconds() + 1,
             )
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
+        except (RPCError, WorkflowQueryFailedError, TimeoutError) as exc:
+            if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
                 raise JobNotFoundError(job_id) from exc
-            raise
+            detail = getattr(exc, "message", None) or type(exc).__name__
+            raise WorkerUnavailableError(job_id, detail) from exc
+        client = await self.client()
         for pending in description.raw_description.pending_activities:
-            if pending.activity_type.name != wire.ACTIVITY_DOWNLOAD_TABLE:
-                continue
-            table_id = pending.activity_id.removeprefix("table:")
-            table = progress.tables.get(table_id)
+            table_id = wire.table_of_activity(pending.activity_id)
+            table = progress.tables.get(table_id or "")
             if table is None or table.status != TableStatus.ACTIVE:
                 continue
-            records = table.records
             if pending.heartbeat_details.payloads:
                 [checkpoint] = await client.data_converter.decode(
                     pending.heartbeat_details.payloads, [TableCheckpoint]
                 )
-                records = checkpoint.records
-            progress = progress.with_table(
-                table.model_copy(update={"records": records, "attempt": pending.attempt})
-            )
+                records = max(table.records, checkpoint.records)
+                progress = progress.with_table(table.model_copy(update={"records": records}))
         return progress
 
-    async def wait(self, job_id: str) -> JobResult:
+    async def wait(self, job_id: str, organization_id: str) -> JobResult:
         """Wait for the workflow to close; a failed or cancelled job is a result too."""
-        client = await self.client()
+        handle, _ = await self._describe_job(job_id, organization_id)
         try:
-            return await self._closed_result(
-                client.get_workflow_handle(job_id, result_type=JobResult)
-            )
+            return await self._closed_result(handle)
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise JobNotFoundError(job_id) from exc
-            raise
+            raise JobBackendError(self._settings.address, exc.status.name, exc.message) from exc
 
     async def _closed_result(self, handle: WorkflowHandle[Any, JobResult]) -> JobResult:
         """The job's result, waiting for it to close; built from the failure if it failed.
@@ -240,28 +277,35 @@ class TemporalBackend:
             progress = progress.model_copy(update={"status": status})
         return progress
 
-    async def cancel(self, job_id: str) -> None:
-        """Request cancellation of the workflow."""
-        client = await self.client()
-        try:
-            await client.get_workflow_handle(job_id).cancel(rpc_timeout=self._timeout)
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                raise JobNotFoundError(job_id) from exc
-            raise
+    async def cancel(self, job_id: str, organization_id: str) -> None:
+        """Request cancellation of the job's workflow.
 
-    async def is_running(self, job_id: str) -> bool:
-        """Whether the workflow exists and is running."""
+        Raises:
+            JobNotFoundError: no such job for the organization.
+            JobAlreadyClosedError: the job has already closed.
+
+        """
+        handle, description = await self._describe_job(job_id, organization_id)
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            status = description.status.name.lower() if description.status else "closed"
+            raise JobAlreadyClosedError(job_id, status)
+        try:
+            await self._bounded(handle.cancel(rpc_timeout=self._timeout))
+        except RPCError as exc:  # NOT_FOUND: closed and removed in between
+            raise JobNotFoundError(job_id) from exc
+
+    async def holder_state(self, job_id: str) -> HolderState:
+        """Running, closed, or unknown to the server (not started yet, or removed)."""
         client = await self.client()
         try:
-            description = await client.get_workflow_handle(job_id).describe(
-                rpc_timeout=self._timeout
+            description = await self._bounded(
+                client.get_workflow_handle(job_id).describe(rpc_timeout=self._timeout)
             )
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise
-        return description.status == WorkflowExecutionStatus.RUNNING
+        except RPCError:  # NOT_FOUND
+            return "unknown"
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            return "running"
+        return "closed"
 
     async def count_running(self) -> int:
         """Running download-records jobs, from visibility (cached for one second)."""
@@ -291,11 +335,16 @@ class TemporalBackend:
         if self._running_count:
             self._running_count = (self._running_count[0], self._running_count[1] + 1)
 
-    async def stats(self) -> JobStats:
+    async def stats(self, organization_id: str | None = None) -> JobStats:
         """Figures of the jobs on this backend's task queue, from the server."""
         client = await self.client()
         return await self._bounded(
-            temporal_stats(client, self._settings.task_queue, rpc_timeout=self._timeout)
+            temporal_stats(
+                client,
+                self._settings.task_queue,
+                organization_id=organization_id,
+                rpc_timeout=self._timeout,
+            )
         )
 
     async def aclose(self) -> None:
