@@ -113,7 +113,7 @@ async def engine_run(
         await asyncio.sleep(2)  # let the worker connect and poll
         began = time.perf_counter()
         ref = await enqueuer.enqueue_download_records_job("wb_bench", ACTOR)
-        result = await enqueuer.wait(ref.job_id)
+        result = await enqueuer.wait(ref.job_id, actor=ACTOR)
         seconds = time.perf_counter() - began
         assert result.status == JobStatus.COMPLETED, result
         rss = peak_rss_mb(worker.pid)

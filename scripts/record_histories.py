@@ -73,15 +73,19 @@ async def main() -> None:
         failed = await enqueuer.enqueue_download_records_job(
             "wb_replay", actor, ["ok", "flaky", "broken"]
         )
-        await enqueuer.wait(failed.job_id)
+        await enqueuer.wait(failed.job_id, actor=Actor(user_id="u_1", organization_id="org_1"))
         cancelled = await enqueuer.enqueue_download_records_job("wb_replay", actor, ["slow"])
 
         async def started() -> bool:
-            return (await enqueuer.progress(cancelled.job_id)).total_records > 0
+            return (
+                await enqueuer.progress(
+                    cancelled.job_id, actor=Actor(user_id="u_1", organization_id="org_1")
+                )
+            ).total_records > 0
 
         await eventually(started)
-        await enqueuer.cancel(cancelled.job_id)
-        await enqueuer.wait(cancelled.job_id)
+        await enqueuer.cancel(cancelled.job_id, actor=Actor(user_id="u_1", organization_id="org_1"))
+        await enqueuer.wait(cancelled.job_id, actor=Actor(user_id="u_1", organization_id="org_1"))
         for name, ref in (("failed-and-retried", failed), ("cancelled", cancelled)):
             history = await env.client.get_workflow_handle(ref.job_id).fetch_history()
             (OUT / f"download-records-{name}.json").write_text(history.to_json())

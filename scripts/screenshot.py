@@ -127,7 +127,7 @@ async def finished_job(settings: Settings) -> AsyncIterator[tuple[str, str]]:
             ref = await enqueuer.enqueue_download_records_job(
                 WORKBOOK_ID, ACTOR, metadata={"requested_from": "scripts/screenshot.py"}
             )
-            result = await enqueuer.wait(ref.job_id)
+            result = await enqueuer.wait(ref.job_id, actor=ACTOR)
             print(
                 f"job {ref.job_id}: {result.status.value}, {result.progress.total_records} records"
             )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -61,9 +62,9 @@ async def test_enqueue_returns_at_once_and_downloads_every_record(
     assert ref.backend == enqueuer.backend.kind
     assert ref.table_ids == [t.id for t in wb.tables]
     # Returned before the download finished (table a needs 30 pages x 10 ms at least).
-    assert (await enqueuer.progress(ref.job_id)).status == JobStatus.RUNNING
+    assert (await enqueuer.progress(ref.job_id, actor=ACTOR)).status == JobStatus.RUNNING
 
-    result = await enqueuer.wait(ref.job_id)
+    result = await enqueuer.wait(ref.job_id, actor=ACTOR)
     assert result.status == JobStatus.COMPLETED
     assert result.failed_tables == []
     assert result.progress.total_records == 3700
@@ -80,7 +81,7 @@ async def test_one_failed_table_fails_the_job_but_not_the_others(
 ) -> None:
     wb = make_workbook(ok=demo(500), bad=demo(500, fail_page=2, fail_kind="permanent"))
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
-    result = await enqueuer.wait(ref.job_id)
+    result = await enqueuer.wait(ref.job_id, actor=ACTOR)
     assert result.status == JobStatus.FAILED
     assert result.failed_tables == [f"{wb.id}_bad"]
     assert result.progress.tables[f"{wb.id}_ok"].status == TableStatus.COMPLETED
@@ -93,7 +94,7 @@ async def test_transient_fault_is_retried_without_duplicates(
 ) -> None:
     wb = make_workbook(t=demo(1000, page_size=100, fail_page=5, fail_times=2))
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
-    result = await enqueuer.wait(ref.job_id)
+    result = await enqueuer.wait(ref.job_id, actor=ACTOR)
     assert result.status == JobStatus.COMPLETED
     assert result.progress.tables[f"{wb.id}_t"].records == 1000
     assert sqlite_store.record_ids(f"{wb.id}_t") == [f"rec_{i:07d}" for i in range(1000)]
@@ -104,7 +105,7 @@ async def test_selected_tables_only(
 ) -> None:
     wb = make_workbook(a=demo(10), b=demo(20))
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR, table_ids=[f"{wb.id}_b"])
-    result = await enqueuer.wait(ref.job_id)
+    result = await enqueuer.wait(ref.job_id, actor=ACTOR)
     assert list(result.progress.tables) == [f"{wb.id}_b"]
     assert sqlite_store.count_records(f"{wb.id}_a") == 0
     assert sqlite_store.count_records(f"{wb.id}_b") == 20
@@ -116,17 +117,17 @@ async def test_live_progress_while_a_table_downloads(enqueuer: Enqueuer, make_wo
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
 
     async def counting() -> bool:
-        p = await enqueuer.progress(ref.job_id)
+        p = await enqueuer.progress(ref.job_id, actor=ACTOR)
         table = p.tables[table_id]
         return table.status == TableStatus.ACTIVE and 0 < table.records < 2000
 
     await eventually(counting)
-    p = await enqueuer.progress(ref.job_id)
+    p = await enqueuer.progress(ref.job_id, actor=ACTOR)
     assert p.tables[table_id].name == "slow"
     assert p.tables[table_id].connector == "demo"
     assert p.total_records == p.tables[table_id].records
-    await enqueuer.cancel(ref.job_id)
-    await enqueuer.wait(ref.job_id)
+    await enqueuer.cancel(ref.job_id, actor=ACTOR)
+    await enqueuer.wait(ref.job_id, actor=ACTOR)
 
 
 async def test_a_table_being_downloaded_is_not_downloaded_twice(
@@ -138,28 +139,37 @@ async def test_a_table_being_downloaded_is_not_downloaded_twice(
         await enqueuer.enqueue_download_records_job(wb.id, ACTOR, table_ids=[f"{wb.id}_slow"])
     assert caught.value.running_job_id == first.job_id
     assert "already being downloaded" in str(caught.value)
-    await enqueuer.cancel(first.job_id)
-    result = await enqueuer.wait(first.job_id)
+    await enqueuer.cancel(first.job_id, actor=ACTOR)
+    result = await enqueuer.wait(first.job_id, actor=ACTOR)
     assert result.status == JobStatus.CANCELLED
     assert sqlite_store.locks_held_by(first.job_id) == []
     second = await enqueuer.enqueue_download_records_job(wb.id, ACTOR, table_ids=[f"{wb.id}_other"])
-    assert (await enqueuer.wait(second.job_id)).status == JobStatus.COMPLETED
+    assert (await enqueuer.wait(second.job_id, actor=ACTOR)).status == JobStatus.COMPLETED
 
 
-async def test_stale_lock_of_a_closed_job_is_taken_over(
+async def test_stale_lock_of_a_vanished_job_is_taken_over_after_the_grace(
     enqueuer: Enqueuer, sqlite_store: SqliteStore, make_workbook
 ) -> None:
     wb = make_workbook(t=demo(10))
-    # A job that died without releasing its lock (e.g. terminated by an operator).
-    assert sqlite_store.lock_tables([f"{wb.id}_t"], "download-records-gone") == {}
+    table = f"{wb.id}_t"
+    # A caller that locked, then died before its job started: the lock names a job no
+    # backend knows. While young it may still be starting, so it is respected.
+    assert sqlite_store.lock_tables([table], "download-records-gone") == {}
+    with pytest.raises(JobConflictError):
+        await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
+    # Older than the grace: the caller is gone; the lock is taken over.
+    old = (datetime.now(UTC) - timedelta(seconds=enqueuer.lock_grace + 1)).isoformat()
+    with sqlite3.connect(sqlite_store.path) as conn:
+        conn.execute("UPDATE workbook_tables SET locked_at = ? WHERE id = ?", (old, table))
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
-    assert (await enqueuer.wait(ref.job_id)).status == JobStatus.COMPLETED
+    assert (await enqueuer.wait(ref.job_id, actor=ACTOR)).status == JobStatus.COMPLETED
+    assert sqlite_store.count_records(table) == 10
 
 
 async def test_events_follow_the_job_to_its_end(enqueuer: Enqueuer, make_workbook) -> None:
     wb = make_workbook(a=demo(300, page_delay=0.01), b=demo(200))
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
-    events = [e async for e in enqueuer.events(ref.job_id, interval=0.05)]
+    events = [e async for e in enqueuer.events(ref.job_id, interval=0.05, actor=ACTOR)]
     kinds = [e.kind for e in events]
     assert kinds[-1] == EventKind.JOB_COMPLETED
     completed = sorted(e.table_id or "" for e in events if e.kind == EventKind.TABLE_COMPLETED)
@@ -240,9 +250,9 @@ async def test_other_organization_gets_the_same_error_as_unknown(
 
 async def test_unknown_job(enqueuer: Enqueuer) -> None:
     with pytest.raises(JobNotFoundError):
-        await enqueuer.progress("download-records-nope")
+        await enqueuer.progress("download-records-nope", actor=ACTOR)
     with pytest.raises(JobNotFoundError):
-        await enqueuer.cancel("download-records-nope")
+        await enqueuer.cancel("download-records-nope", actor=ACTOR)
 
 
 async def test_cancel_releases_locks_mid_download(
@@ -254,11 +264,11 @@ async def test_cancel_releases_locks_mid_download(
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
 
     async def started() -> bool:
-        return (await enqueuer.progress(ref.job_id)).total_records > 0
+        return (await enqueuer.progress(ref.job_id, actor=ACTOR)).total_records > 0
 
     await eventually(started)
-    await enqueuer.cancel(ref.job_id)
-    result = await asyncio.wait_for(enqueuer.wait(ref.job_id), 30)
+    await enqueuer.cancel(ref.job_id, actor=ACTOR)
+    result = await asyncio.wait_for(enqueuer.wait(ref.job_id, actor=ACTOR), 30)
     assert result.status == JobStatus.CANCELLED
     assert sqlite_store.locks_held_by(ref.job_id) == []
     assert all(t.status == TableStatus.CANCELLED for t in result.progress.tables.values())
@@ -278,5 +288,5 @@ async def test_queue_full_when_the_pending_cap_is_reached(
     assert "cap 1" in str(caught.value)
     # Nothing of the refused job was left behind: its table is not locked.
     assert sqlite_store.get_workbook(wb.id).tables[1].locked_by is None  # type: ignore[union-attr]
-    await enqueuer.cancel(first.job_id)
-    await enqueuer.wait(first.job_id)
+    await enqueuer.cancel(first.job_id, actor=ACTOR)
+    await enqueuer.wait(first.job_id, actor=ACTOR)

@@ -110,7 +110,7 @@ async def test_sigkilled_worker_is_replaced_and_the_table_resumes_exactly(
         assert written_before_kill < RECORDS
 
         second = _start_worker(env, second_log)
-        result = await enqueuer.wait(ref.job_id)
+        result = await enqueuer.wait(ref.job_id, actor=Actor(user_id="u", organization_id="org_1"))
     finally:
         for process in (first, second):
             if process is not None and process.poll() is None:

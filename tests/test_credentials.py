@@ -61,7 +61,7 @@ async def test_bearer_token_reaches_the_source_but_no_history_or_log(
             ref = await enq.enqueue_download_records_job(
                 "wb_auth", Actor(user_id="u", organization_id="org_1")
             )
-            result = await enq.wait(ref.job_id)
+            result = await enq.wait(ref.job_id, actor=Actor(user_id="u", organization_id="org_1"))
         served = [r for r in api.requests if r.table == "a"]
 
     assert result.status == JobStatus.COMPLETED

@@ -181,7 +181,7 @@ async def test_sweep_keeps_the_newest_10_completed_and_5_failed_jobs(
             ref = await enqueuer.enqueue_download_records_job(
                 (ok if kind == "ok" else bad).id, ACTOR
             )
-            assert (await enqueuer.wait(ref.job_id)).status == _STATUS[kind]
+            assert (await enqueuer.wait(ref.job_id, actor=ACTOR)).status == _STATUS[kind]
             closed[kind].append(ref.job_id)
             await index.record(client.get_workflow_handle(ref.job_id))
             await ts_env.sleep(timedelta(minutes=1))  # distinct close times, a minute apart
@@ -219,8 +219,8 @@ async def test_sweep_keeps_the_newest_10_completed_and_5_failed_jobs(
         )
         assert set(index.runs) == {*closed["ok"][2:], *closed["bad"][2:], running.job_id}
         assert (await running_handle.describe()).status == WorkflowExecutionStatus.RUNNING
-        await enqueuer.cancel(running.job_id)
-        assert (await enqueuer.wait(running.job_id)).status == JobStatus.CANCELLED
+        await enqueuer.cancel(running.job_id, actor=ACTOR)
+        assert (await enqueuer.wait(running.job_id, actor=ACTOR)).status == JobStatus.CANCELLED
 
 
 # --- dev server: real visibility, real deletes, real schedule -----------------------------
@@ -260,7 +260,7 @@ async def test_sweep_deletes_the_oldest_closed_jobs_on_the_dev_server(
             ref = await enqueuer.enqueue_download_records_job(
                 (ok if kind == "ok" else bad).id, ACTOR
             )
-            assert (await enqueuer.wait(ref.job_id)).status == _STATUS[kind]
+            assert (await enqueuer.wait(ref.job_id, actor=ACTOR)).status == _STATUS[kind]
             closed_at = (await client.get_workflow_handle(ref.job_id).describe()).close_time
             assert closed_at is not None
             closed[kind].append((closed_at, ref.job_id))
@@ -318,8 +318,8 @@ async def test_sweep_deletes_the_oldest_closed_jobs_on_the_dev_server(
             assert status != WorkflowExecutionStatus.RUNNING
         running_handle = client.get_workflow_handle(running.job_id)
         assert (await running_handle.describe()).status == WorkflowExecutionStatus.RUNNING
-        await enqueuer.cancel(running.job_id)
-        assert (await enqueuer.wait(running.job_id)).status == JobStatus.CANCELLED
+        await enqueuer.cancel(running.job_id, actor=ACTOR)
+        assert (await enqueuer.wait(running.job_id, actor=ACTOR)).status == JobStatus.CANCELLED
 
 
 async def test_retention_schedule_is_created_once_then_updated(
@@ -413,11 +413,11 @@ async def test_in_process_backend_keeps_the_newest_10_completed_and_5_failed(
             ref = await enqueuer.enqueue_download_records_job(
                 (ok if kind == "ok" else bad).id, ACTOR
             )
-            assert (await enqueuer.wait(ref.job_id)).status == _STATUS[kind]
+            assert (await enqueuer.wait(ref.job_id, actor=ACTOR)).status == _STATUS[kind]
             closed[kind].append(ref.job_id)
         for job_id in closed["ok"][:2] + closed["bad"][:2]:
             with pytest.raises(JobNotFoundError):
-                await enqueuer.progress(job_id)
+                await enqueuer.progress(job_id, actor=ACTOR)
         for kind in ("ok", "bad"):
             for job_id in closed[kind][2:]:
-                assert (await enqueuer.progress(job_id)).status == _STATUS[kind]
+                assert (await enqueuer.progress(job_id, actor=ACTOR)).status == _STATUS[kind]

@@ -53,7 +53,7 @@ async def started(enqueuer: Enqueuer, job_id: str) -> None:
     """Wait until the job has committed a page."""
 
     async def check() -> bool:
-        return (await enqueuer.progress(job_id)).total_records > 0
+        return (await enqueuer.progress(job_id, actor=ACTOR)).total_records > 0
 
     await eventually(check)
 
@@ -89,7 +89,7 @@ async def test_stats_count_a_known_mix_of_jobs(
             await enqueuer.enqueue_download_records_job(make_workbook(t=FAILING).id, ACTOR)
             for _ in range(2)
         ]
-        results = [await enqueuer.wait(ref.job_id) for ref in tiny + failing]
+        results = [await enqueuer.wait(ref.job_id, actor=ACTOR) for ref in tiny + failing]
         assert [r.status for r in results] == [JobStatus.COMPLETED] * 3 + [JobStatus.FAILED] * 2
 
         slow = await enqueuer.enqueue_download_records_job(make_workbook(t=SLOW).id, ACTOR)
@@ -97,8 +97,8 @@ async def test_stats_count_a_known_mix_of_jobs(
         busy = await stats_where(enqueuer, lambda s: s.running == 1 and s.failed == 2)
         assert busy.workers is not None
         assert busy.workers >= 1
-        await enqueuer.cancel(slow.job_id)
-        assert (await enqueuer.wait(slow.job_id)).status == JobStatus.CANCELLED
+        await enqueuer.cancel(slow.job_id, actor=ACTOR)
+        assert (await enqueuer.wait(slow.job_id, actor=ACTOR)).status == JobStatus.CANCELLED
     elapsed = timedelta(seconds=time.monotonic() - began)
 
     final = await stats_where(enqueuer, lambda s: s.cancelled == 1 and s.running == 0)
@@ -195,10 +195,10 @@ async def test_worker_metrics_endpoint_serves_sdk_and_job_metrics(
     bad = make_workbook(good=demo(40), bad=FAILING)
     async with temporal_enqueuer(client, settings, sqlite_store, connectors) as enqueuer:
         done = await enqueuer.wait(
-            (await enqueuer.enqueue_download_records_job(ok.id, ACTOR)).job_id
+            (await enqueuer.enqueue_download_records_job(ok.id, ACTOR)).job_id, actor=ACTOR
         )
         failed = await enqueuer.wait(
-            (await enqueuer.enqueue_download_records_job(bad.id, ACTOR)).job_id
+            (await enqueuer.enqueue_download_records_job(bad.id, ACTOR)).job_id, actor=ACTOR
         )
     assert (done.status, failed.status) == (JobStatus.COMPLETED, JobStatus.FAILED)
     downloaded = done.progress.total_records + failed.progress.total_records
@@ -258,13 +258,15 @@ async def test_in_process_stats_tally_the_jobs_of_this_process(
         ]
         # Not enqueuer.wait: retention may drop a job's record before we could ask.
         await stats_where(enqueuer, lambda s: s.completed == 2 and s.failed == 1)
-        await enqueuer.cancel(slow.job_id)
-        assert (await enqueuer.wait(slow.job_id)).status == JobStatus.CANCELLED
+        await enqueuer.cancel(slow.job_id, actor=ACTOR)
+        assert (await enqueuer.wait(slow.job_id, actor=ACTOR)).status == JobStatus.CANCELLED
 
         final = await enqueuer.stats()
         for ref in refs:
             with pytest.raises(JobNotFoundError):
-                await enqueuer.progress(ref.job_id)  # swept by retention, still counted
+                await enqueuer.progress(
+                    ref.job_id, actor=ACTOR
+                )  # swept by retention, still counted
     assert (final.enqueued, final.running, final.queue_depth) == (4, 0, 0)
     assert (final.completed, final.failed, final.cancelled) == (2, 1, 1)
     assert final.success_rate == pytest.approx(2 / 3)

@@ -19,8 +19,9 @@ import psycopg
 import pytest
 
 from connectors.base import Record
+from enqueuer.errors import LockLostError
 from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
-from store import Store, open_store
+from store import HeldLock, Lease, Store, open_store
 from store.postgres import PostgresStore, redact_url
 from store.sqlite import SqliteStore
 from tests.pg import fresh_schema
@@ -47,6 +48,24 @@ def store(store_url: str) -> Iterator[Store]:
         yield opened
     finally:
         opened.close()
+
+
+def _holders(held: dict[str, HeldLock]) -> dict[str, str]:
+    return {table_id: lock.job_id for table_id, lock in held.items()}
+
+
+def _lease(store: Store, table_id: str, job_id: str) -> Lease:
+    """A fresh lease of ``job_id`` on the table, locking it first if it is free."""
+    store.lock_tables([table_id], job_id)
+    return store.lease(table_id, job_id)
+
+
+def _write(store: Store, table_id: str, job_id: str, records: Any, checkpoint: Any) -> None:
+    store.write_page(_lease(store, table_id, job_id), records, checkpoint)
+
+
+def _finish(store: Store, table_id: str, job_id: str, synced_at: datetime) -> Any:
+    return store.finish_sync(_lease(store, table_id, job_id), synced_at)
 
 
 def _workbook(*table_ids: str, workbook_id: str = "wb1") -> Workbook:
@@ -105,11 +124,10 @@ def test_workbook_without_tables_round_trips(store: Store) -> None:
 
 def test_put_workbook_keeps_locks_and_sync_times_and_drops_gone_tables(store: Store) -> None:
     store.put_workbook(_workbook("t1", "t2", "t3"))
-    store.write_page("t1", "job0", _records("a", "b"), TableCheckpoint(cursor="c1", pages=1))
-    store.write_page("t3", "job0", _records("x", "y"), TableCheckpoint(cursor="c1", pages=1))
+    _write(store, "t1", "job1", _records("a", "b"), TableCheckpoint(cursor="c1", pages=1))
+    _write(store, "t3", "job0", _records("x", "y"), TableCheckpoint(cursor="c1", pages=1))
     assert store.lock_tables(["t2"], "job0") == {}
-    store.finish_sync("t2", "job0", SYNCED_AT)
-    assert store.lock_tables(["t1"], "job1") == {}
+    _finish(store, "t2", "job0", SYNCED_AT)
 
     renamed = _workbook("t2", "t1", "t4").model_copy(update={"name": "Sales 2"})
     store.put_workbook(renamed)
@@ -127,7 +145,7 @@ def test_put_workbook_keeps_locks_and_sync_times_and_drops_gone_tables(store: St
     assert store.count_records("t3") == 0
     assert store.get_checkpoint("t3", "job0") is None
     assert store.record_ids("t1") == ["a", "b"]
-    assert store.get_checkpoint("t1", "job0") == TableCheckpoint(cursor="c1", pages=1)
+    assert store.get_checkpoint("t1", "job1") == TableCheckpoint(cursor="c1", pages=1)
 
 
 def test_open_store_rejects_unknown_scheme() -> None:
@@ -162,11 +180,11 @@ def test_lock_tables_is_all_or_none_and_reports_holders(store: Store) -> None:
     assert store.lock_tables([], "job0") == {}
 
     assert store.lock_tables(["t1", "t2"], "job1") == {}
-    assert store.lock_tables(["t2", "t3"], "job2") == {"t2": "job1"}
+    assert _holders(store.lock_tables(["t2", "t3"], "job2")) == {"t2": "job1"}
     # job2 got nothing, not even the free t3.
     assert store.locks_held_by("job2") == []
     assert store.lock_tables(["t3"], "job3") == {}
-    assert store.lock_tables(["t1", "t2", "t3"], "job4") == {
+    assert _holders(store.lock_tables(["t1", "t2", "t3"], "job4")) == {
         "t1": "job1",
         "t2": "job1",
         "t3": "job3",
@@ -190,7 +208,7 @@ def test_unlock_releases_only_the_holders_locks(store: Store) -> None:
     assert store.locks_held_by("job2") == []
     assert store.lock_tables(["t2"], "job3") == {}
     store.unlock_tables(["t1"], "job1")
-    assert store.lock_tables(["t1", "t2"], "job4") == {"t2": "job3"}
+    assert _holders(store.lock_tables(["t1", "t2"], "job4")) == {"t2": "job3"}
 
 
 def test_concurrent_lock_tables_has_exactly_one_winner(store: Store) -> None:
@@ -199,7 +217,7 @@ def test_concurrent_lock_tables_has_exactly_one_winner(store: Store) -> None:
     callers = 12
     start = threading.Barrier(callers)
 
-    def lock(i: int) -> tuple[str, dict[str, str]]:
+    def lock(i: int) -> tuple[str, dict[str, HeldLock]]:
         # Each caller names the tables in its own order: no order may deadlock.
         ids = random.Random(i).sample(tables, len(tables))
         start.wait()
@@ -213,7 +231,7 @@ def test_concurrent_lock_tables_has_exactly_one_winner(store: Store) -> None:
     winner = winners[0]
     for job, held in results:
         if job != winner:
-            assert held == dict.fromkeys(tables, winner)
+            assert _holders(held) == dict.fromkeys(tables, winner)
             assert store.locks_held_by(job) == []
     assert store.locks_held_by(winner) == tables
 
@@ -224,7 +242,7 @@ def test_concurrent_overlapping_locks_never_share_a_table(store: Store) -> None:
     callers = 12
     start = threading.Barrier(callers)
 
-    def lock(i: int) -> tuple[str, list[str], dict[str, str]]:
+    def lock(i: int) -> tuple[str, list[str], dict[str, HeldLock]]:
         ids = [tables[i % 6], tables[(i + 2) % 6], tables[(i + 3) % 6]]
         start.wait()
         return f"job{i}", ids, store.lock_tables(ids, f"job{i}")
@@ -239,7 +257,7 @@ def test_concurrent_overlapping_locks_never_share_a_table(store: Store) -> None:
         if held:
             # A loser locked nothing, and was told about real holders only.
             assert store.locks_held_by(job) == []
-            assert all(holder[t] == h for t, h in held.items())
+            assert all(holder[t] == h.job_id for t, h in held.items())
         else:
             assert sorted(store.locks_held_by(job)) == sorted(ids)
 
@@ -253,8 +271,8 @@ def test_write_page_twice_writes_no_duplicates(store: Store) -> None:
     page = _records(*ids)
     checkpoint = TableCheckpoint(cursor="next", records=len(ids), pages=1)
 
-    store.write_page("t1", "job1", page, checkpoint)
-    store.write_page("t1", "job1", page, checkpoint)
+    _write(store, "t1", "job1", page, checkpoint)
+    _write(store, "t1", "job1", page, checkpoint)
 
     assert store.count_records("t1") == len(ids)
     # Byte order, whatever the database collation.
@@ -267,9 +285,9 @@ def test_write_page_updates_fields_and_keeps_other_tables_apart(store: Store) ->
     store.put_workbook(_workbook("t1", "t2"))
     fields = {"text": "déjà vu ✓", "n": 1.5, "ok": True, "none": None, "list": [1, {"a": 2}]}
 
-    store.write_page("t1", "job1", [Record("a", fields)], TableCheckpoint(pages=1))
-    store.write_page("t2", "job1", _records("a"), TableCheckpoint(pages=1))
-    store.write_page("t1", "job1", [Record("a", {**fields, "n": 2})], TableCheckpoint(pages=2))
+    _write(store, "t1", "job1", [Record("a", fields)], TableCheckpoint(pages=1))
+    _write(store, "t2", "job1", _records("a"), TableCheckpoint(pages=1))
+    _write(store, "t1", "job1", [Record("a", {**fields, "n": 2})], TableCheckpoint(pages=2))
 
     assert store.get_record("t1", "a") == {**fields, "n": 2}
     assert store.get_record("t2", "a") == {"id": "a", "version": 1, "name": "na"}
@@ -280,7 +298,7 @@ def test_a_remote_id_repeated_within_a_page_keeps_its_last_fields(store: Store) 
     store.put_workbook(_workbook("t1"))
     page = [Record("a", {"v": 1}), Record("b", {"v": 1}), Record("a", {"v": 2})]
 
-    store.write_page("t1", "job1", page, TableCheckpoint(pages=1))
+    _write(store, "t1", "job1", page, TableCheckpoint(pages=1))
 
     assert _fields(store, "t1") == {"a": {"v": 2}, "b": {"v": 1}}
 
@@ -289,23 +307,27 @@ def test_checkpoint_is_saved_with_its_page_per_job(store: Store) -> None:
     store.put_workbook(_workbook("t1"))
     assert store.get_checkpoint("t1", "job1") is None
 
-    store.write_page("t1", "job1", _records("a"), TableCheckpoint(cursor="p2", records=1, pages=1))
-    store.write_page("t1", "job1", _records("b"), TableCheckpoint(cursor=None, records=2, pages=2))
-    store.write_page("t1", "job2", [], TableCheckpoint(cursor="q", records=0, pages=1))
+    _write(store, "t1", "job1", _records("a"), TableCheckpoint(cursor="p2", records=1, pages=1))
+    _write(store, "t1", "job1", _records("b"), TableCheckpoint(cursor=None, records=2, pages=2))
 
     last = store.get_checkpoint("t1", "job1")
     assert last == TableCheckpoint(cursor=None, records=2, pages=2)
     assert last.finished
+    # A takeover drops the stale holder's checkpoint; the new holder keeps its own.
+    assert store.lock_tables(["t1"], "job2", take_over={"t1": "job1"}) == {}
+    _write(store, "t1", "job2", [], TableCheckpoint(cursor="q", records=0, pages=1))
+    assert store.get_checkpoint("t1", "job1") is None
     assert store.get_checkpoint("t1", "job2") == TableCheckpoint(cursor="q", records=0, pages=1)
     assert store.record_ids("t1") == ["a", "b"]
 
 
 def test_dirty_record_keeps_local_fields_when_the_source_sends_it_again(store: Store) -> None:
     store.put_workbook(_workbook("t1"))
-    store.write_page("t1", "job1", _records("a", "b"), TableCheckpoint(pages=1))
+    _write(store, "t1", "job1", _records("a", "b"), TableCheckpoint(pages=1))
 
     store.edit_record("t1", "a", {"id": "a", "name": "edited here"})
-    store.write_page("t1", "job2", _records("a", "b", version=2), TableCheckpoint(pages=1))
+    store.unlock_tables(["t1"], "job1")
+    _write(store, "t1", "job2", _records("a", "b", version=2), TableCheckpoint(pages=1))
 
     assert store.get_record("t1", "a") == {"id": "a", "name": "edited here"}
     assert store.get_record("t1", "b") == {"id": "b", "version": 2, "name": "nb"}
@@ -313,18 +335,18 @@ def test_dirty_record_keeps_local_fields_when_the_source_sends_it_again(store: S
 
 def test_finish_sync_prunes_stamps_unlocks_and_drops_checkpoint(store: Store) -> None:
     store.put_workbook(_workbook("t1", "t2"))
-    store.write_page("t1", "job1", _records("a", "b", "c", "d"), TableCheckpoint(pages=1))
-    store.finish_sync("t1", "job1", SYNCED_AT - timedelta(days=1))
+    _write(store, "t1", "job1", _records("a", "b", "c", "d"), TableCheckpoint(pages=1))
+    _finish(store, "t1", "job1", SYNCED_AT - timedelta(days=1))
     store.edit_record("t1", "c", {"name": "edited, then gone at the source"})
     store.edit_record("t1", "a", {"name": "edited, still at the source"})
     store.edit_record("t1", "local", {"name": "created here"})
     assert store.lock_tables(["t1", "t2"], "job2") == {}
-    store.write_page("t1", "job2", _records("a", "b"), TableCheckpoint(cursor=None, pages=1))
-    store.write_page("t1", "job3", [], TableCheckpoint(cursor="other", pages=1))
+    _write(store, "t1", "job2", _records("a", "b"), TableCheckpoint(cursor=None, pages=1))
 
-    summary = store.finish_sync("t1", "job2", SYNCED_AT)
+    summary = _finish(store, "t1", "job2", SYNCED_AT)
 
     assert (summary.deleted, summary.kept_dirty) == (1, 2)  # d deleted; c and local kept
+    assert summary.records == 2  # what job2 wrote
     assert store.record_ids("t1") == ["a", "b", "c", "local"]
     assert store.get_record("t1", "a") == {"name": "edited, still at the source"}
     got = store.get_workbook("wb1")
@@ -335,19 +357,86 @@ def test_finish_sync_prunes_stamps_unlocks_and_drops_checkpoint(store: Store) ->
     assert got.tables[1].last_synced_at is None
     assert store.locks_held_by("job2") == ["t2"]
     assert store.get_checkpoint("t1", "job2") is None
-    assert store.get_checkpoint("t1", "job3") == TableCheckpoint(cursor="other", pages=1)
 
 
-def test_finish_sync_leaves_another_jobs_lock(store: Store) -> None:
+def test_finish_sync_of_a_job_without_the_lock_changes_nothing(store: Store) -> None:
     store.put_workbook(_workbook("t1"))
-    assert store.lock_tables(["t1"], "job1") == {}
+    _write(store, "t1", "job1", _records("a", "b"), TableCheckpoint(pages=1))
 
-    store.finish_sync("t1", "job2", SYNCED_AT)
+    with pytest.raises(LockLostError):
+        store.finish_sync(Lease("t1", "job2", 1), SYNCED_AT)
 
     assert store.locks_held_by("job1") == ["t1"]
+    assert store.record_ids("t1") == ["a", "b"]
     got = store.get_workbook("wb1")
     assert got is not None
-    assert got.tables[0].last_synced_at == SYNCED_AT
+    assert got.tables[0].last_synced_at is None
+
+
+def test_a_taken_over_holder_can_no_longer_write_or_finish(store: Store) -> None:
+    store.put_workbook(_workbook("t1"))
+    old = _lease(store, "t1", "job1")
+    store.write_page(old, _records("a"), TableCheckpoint(cursor="p2", records=1, pages=1))
+    assert store.lock_tables(["t1"], "job2", take_over={"t1": "job1"}) == {}
+    new = store.lease("t1", "job2")
+
+    with pytest.raises(LockLostError):
+        store.write_page(old, _records("zombie"), TableCheckpoint(cursor="p3", pages=2))
+    with pytest.raises(LockLostError):
+        store.finish_sync(old, SYNCED_AT)
+    with pytest.raises(LockLostError):
+        store.lease("t1", "job1")
+    store.write_page(new, _records("a", "b"), TableCheckpoint(cursor=None, records=2, pages=1))
+
+    assert store.record_ids("t1") == ["a", "b"]
+    assert store.finish_sync(new, SYNCED_AT).records == 2
+
+
+def test_a_new_lease_fences_the_same_jobs_earlier_attempt(store: Store) -> None:
+    store.put_workbook(_workbook("t1"))
+    first = _lease(store, "t1", "job1")
+    second = store.lease("t1", "job1")  # a retry while the first attempt still runs
+    assert second.generation > first.generation
+
+    with pytest.raises(LockLostError):
+        store.write_page(first, _records("x"), TableCheckpoint(pages=1))
+    store.write_page(second, _records("a"), TableCheckpoint(pages=1))
+    assert store.record_ids("t1") == ["a"]
+
+
+def test_takeover_only_replaces_the_named_stale_holder(store: Store) -> None:
+    store.put_workbook(_workbook("t1", "t2"))
+    assert store.lock_tables(["t1"], "job1") == {}
+    assert store.lock_tables(["t2"], "job2") == {}
+
+    held = store.lock_tables(["t1", "t2"], "job3", take_over={"t1": "job1"})
+
+    assert _holders(held) == {"t2": "job2"}
+    assert held["t2"].age >= 0
+    assert store.locks_held_by("job1") == ["t1"]  # all or nothing: job1 keeps t1
+    assert store.locks_held_by("job3") == []
+
+
+def test_finish_sync_answers_the_same_when_called_again(store: Store) -> None:
+    store.put_workbook(_workbook("t1"))
+    lease = _lease(store, "t1", "job1")
+    store.write_page(lease, _records("a", "b", "b"), TableCheckpoint(cursor=None, pages=1))
+
+    first = store.finish_sync(lease, SYNCED_AT)
+    again = store.finish_sync(lease, SYNCED_AT)  # a retry after a lost answer
+
+    assert first.records == again.records == 2
+    assert store.record_ids("t1") == ["a", "b"]
+
+
+def test_unlock_counts_what_the_job_wrote_and_drops_its_checkpoint(store: Store) -> None:
+    store.put_workbook(_workbook("t1", "t2"))
+    _write(store, "t1", "job1", _records("a", "b", "c"), TableCheckpoint(cursor="p2", pages=1))
+    assert store.lock_tables(["t2"], "job1") == {}
+
+    assert store.unlock_tables(["t1", "t2"], "job1") == {"t1": 3, "t2": 0}
+    assert store.get_checkpoint("t1", "job1") is None
+    assert store.locks_held_by("job1") == []
 
 
 def _unencodable(rid: str) -> Record:
@@ -372,7 +461,7 @@ def test_a_page_failing_mid_write_changes_nothing(
 ) -> None:
     store.put_workbook(_workbook("t1"))
     first = TableCheckpoint(cursor="p2", records=3, pages=1)
-    store.write_page("t1", "job1", _records("a", "b", "c"), first)
+    _write(store, "t1", "job1", _records("a", "b", "c"), first)
     before = _fields(store, "t1")
     page = [
         *_records("a", "d", version=2),
@@ -381,24 +470,24 @@ def test_a_page_failing_mid_write_changes_nothing(
     ]
 
     with pytest.raises(error):
-        store.write_page("t1", "job1", page, TableCheckpoint(cursor="p3", records=6, pages=2))
+        _write(store, "t1", "job1", page, TableCheckpoint(cursor="p3", records=6, pages=2))
 
     assert _fields(store, "t1") == before
     assert store.get_checkpoint("t1", "job1") == first
     # The store is still usable on the same thread after the rollback.
-    store.write_page("t1", "job1", _records("d"), TableCheckpoint(cursor="p3", pages=2))
+    _write(store, "t1", "job1", _records("d"), TableCheckpoint(cursor="p3", pages=2))
     assert store.record_ids("t1") == ["a", "b", "c", "d"]
 
 
 def test_a_checkpoint_that_cannot_be_saved_leaves_the_page_unwritten(store: Store) -> None:
     store.put_workbook(_workbook("t1"))
     first = TableCheckpoint(cursor="p2", records=1, pages=1)
-    store.write_page("t1", "job1", _records("a"), first)
+    _write(store, "t1", "job1", _records("a"), first)
     # Beyond a 64-bit integer: both stores refuse it after the page's records are sent.
     unsavable = TableCheckpoint(cursor="p3", records=2**63, pages=2)
 
     with pytest.raises((OverflowError, psycopg.errors.NumericValueOutOfRange)):
-        store.write_page("t1", "job1", _records("a", "b", version=2), unsavable)
+        _write(store, "t1", "job1", _records("a", "b", version=2), unsavable)
 
     assert _fields(store, "t1") == {"a": {"id": "a", "version": 1, "name": "na"}}
     assert store.get_checkpoint("t1", "job1") == first
@@ -411,7 +500,7 @@ def test_pages_written_from_many_threads(store: Store) -> None:
     def download(table_id: str) -> None:
         for page in range(5):
             ids = [f"{page:02d}-{i:04d}" for i in range(200)]
-            store.write_page(table_id, "job1", _records(*ids), TableCheckpoint(pages=page + 1))
+            _write(store, table_id, "job1", _records(*ids), TableCheckpoint(pages=page + 1))
 
     with ThreadPoolExecutor(len(tables)) as pool:
         list(pool.map(download, tables))
@@ -436,7 +525,7 @@ def test_postgres_timestamps_come_back_aware_utc(request: pytest.FixtureRequest)
         opened = open_store(url)
         try:
             opened.put_workbook(_workbook("t1"))
-            opened.finish_sync("t1", "job1", SYNCED_AT)
+            _finish(opened, "t1", "job1", SYNCED_AT)
             got = opened.get_workbook("wb1")
             assert got is not None
             assert got.tables[0].last_synced_at == SYNCED_AT

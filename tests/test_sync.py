@@ -49,7 +49,7 @@ async def test_second_sync_deletes_what_the_source_dropped_but_keeps_local_edits
     )
     async with temporal_enqueuer(dev_env.client, settings, any_store, connectors) as enqueuer:
         first = await enqueuer.wait(
-            (await enqueuer.enqueue_download_records_job("wb_sync", ACTOR)).job_id
+            (await enqueuer.enqueue_download_records_job("wb_sync", ACTOR)).job_id, actor=ACTOR
         )
         assert first.status == JobStatus.COMPLETED
         assert any_store.count_records("tbl_people") == 1000
@@ -61,7 +61,7 @@ async def test_second_sync_deletes_what_the_source_dropped_but_keeps_local_edits
         any_store.edit_record("tbl_people", "rec_0000003", {"name": "edited here"})
 
         second = await enqueuer.wait(
-            (await enqueuer.enqueue_download_records_job("wb_sync", ACTOR)).job_id
+            (await enqueuer.enqueue_download_records_job("wb_sync", ACTOR)).job_id, actor=ACTOR
         )
 
     assert second.status == JobStatus.COMPLETED

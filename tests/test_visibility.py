@@ -99,7 +99,7 @@ async def job(
                 return "| active |" in seen[-1]
 
             await eventually(details_show_a_table_downloading, within=15, interval=0.1)
-            result = await enqueuer.wait(ref.job_id)
+            result = await enqueuer.wait(ref.job_id, actor=actor)
             assert result.status == JobStatus.COMPLETED
             yield FinishedJob(ref, workbook, actor, dev_env.client, seen[-1])
     finally:
@@ -166,7 +166,8 @@ async def test_table_activities_carry_summaries(job: FinishedJob) -> None:
         [summary] = await job.client.data_converter.decode([event.user_metadata.summary], [str])
         summaries.setdefault(name, []).append(summary)
     assert sorted(summaries[wire.ACTIVITY_DOWNLOAD_TABLE]) == sorted(
-        f"Download table {t.id} of workbook {job.workbook.id}" for t in job.workbook.tables
+        f"Download table {t.id} of workbook {job.workbook.id} (attempt 1)"
+        for t in job.workbook.tables
     )
     assert summaries[wire.ACTIVITY_RESOLVE_TABLES] == [
         f"Resolve 2 tables of workbook {job.workbook.id}"

@@ -32,7 +32,7 @@ from enqueuer.backends.temporal import TemporalBackend
 from enqueuer.models import Backend, JobEvent
 from enqueuer.settings import Settings, WebhookSettings
 from store.sqlite import SqliteStore
-from tests.helpers import demo
+from tests.helpers import demo, eventually
 from worker.main import build_worker
 
 SECRET = "whsec-test-0123456789"
@@ -165,16 +165,22 @@ async def test_each_event_is_delivered_signed_retried_and_accepted_once(
 
     async with webhook_enqueuer(backend, settings, sqlite_store, connectors, dev_env) as enq:
         ref = await enq.enqueue_download_records_job(wb.id, ACTOR)
-        result = await enq.wait(ref.job_id)
+        result = await enq.wait(ref.job_id, actor=ACTOR)
+        job = ref.job_id
+        expected = {
+            f"{job}:table.completed:{good}",
+            f"{job}:table.failed:{bad}",
+            f"{job}:job.failed",
+        }
+
+        # Delivery runs beside the job (it never delays it): wait until it is done.
+        async def all_accepted() -> bool:
+            accepted = {d.event_id for d in receiver.of_job(job) if d.status == HTTPStatus.OK}
+            return accepted == expected
+
+        await eventually(all_accepted)
     assert result.status == JobStatus.FAILED
     assert result.failed_tables == [bad]
-
-    job = ref.job_id
-    expected = {
-        f"{job}:table.completed:{good}",
-        f"{job}:table.failed:{bad}",
-        f"{job}:job.failed",
-    }
     deliveries = receiver.of_job(job)
     # Every request was signed correctly: no 401 at all.
     assert [d for d in deliveries if d.status == HTTPStatus.UNAUTHORIZED] == []
@@ -226,7 +232,12 @@ async def test_a_receiver_that_never_accepts_does_not_fail_the_job(
 
     async with webhook_enqueuer(backend, settings, sqlite_store, connectors, dev_env) as enq:
         ref = await enq.enqueue_download_records_job(wb.id, ACTOR)
-        result = await enq.wait(ref.job_id)
+        result = await enq.wait(ref.job_id, actor=ACTOR)
+
+        async def all_given_up() -> bool:
+            return len(receiver.of_job(ref.job_id)) >= 6
+
+        await eventually(all_given_up)
     # Notifications are best effort after their retries: the download itself succeeded.
     assert result.status == JobStatus.COMPLETED
     assert result.progress.total_records == 30

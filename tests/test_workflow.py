@@ -37,14 +37,24 @@ async def test_failing_table_is_tried_three_times_with_growing_waits(
         ts_env.client, settings, sqlite_store, ConnectorRegistry([source])
     ) as enqueuer:
         ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
-        result = await enqueuer.wait(ref.job_id)
+        result = await enqueuer.wait(ref.job_id, actor=ACTOR)
 
     attempts = [c for c in source.calls if c.table_id == broken]
-    assert [c.attempt for c in attempts] == [1, 2, 3]
-    # Exponential backoff between a failure and the next attempt: 2 s, then 4 s.
-    waits = [(c.started - c.scheduled).total_seconds() for c in attempts[1:]]  # type: ignore[operator]
-    assert 2.0 <= waits[0] < 2.5
-    assert 4.0 <= waits[1] < 4.5
+    # Attempt 1 committed page 1 before failing: progress, so it uses up no retry.
+    # Attempts 2-4 resume at page 2 and fail there: three failures without progress.
+    assert [c.attempt for c in attempts] == [1, 2, 3, 4]
+    assert attempts[0].cursor is None
+    assert len({c.cursor for c in attempts[1:]}) == 1
+    assert attempts[1].cursor is not None
+    # The waits are durable workflow timers (the time-skipping server skips them):
+    # 2 s after the progressing attempt, then 2 s and 4 s after each failure.
+    history = await ts_env.client.get_workflow_handle(ref.job_id).fetch_history()
+    timers = [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+        for e in history.events
+        if e.HasField("timer_started_event_attributes")
+    ]
+    assert timers == [timedelta(seconds=2), timedelta(seconds=2), timedelta(seconds=4)]
 
     assert result.status == JobStatus.FAILED
     assert result.failed_tables == [broken]
@@ -52,6 +62,10 @@ async def test_failing_table_is_tried_three_times_with_growing_waits(
     assert tables[f"{wb.id}_good"].status == TableStatus.COMPLETED
     assert tables[f"{wb.id}_other"].status == TableStatus.COMPLETED
     assert "page 2 unavailable" in (tables[broken].error or "")
+    # The failed table reports what it wrote (page 1), as the store holds it.
+    assert tables[broken].records == sqlite_store.count_records(broken) == 100
+    assert tables[broken].attempt == 4
+    assert sqlite_store.get_checkpoint(broken, ref.job_id) is None
     assert sqlite_store.count_records(f"{wb.id}_good") == 250
     assert sqlite_store.count_records(f"{wb.id}_other") == 120
     assert sqlite_store.locks_held_by(ref.job_id) == []
@@ -66,7 +80,7 @@ async def test_non_retryable_error_is_attempted_once(
         ts_env.client, settings, sqlite_store, ConnectorRegistry([source])
     ) as enqueuer:
         ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
-        result = await enqueuer.wait(ref.job_id)
+        result = await enqueuer.wait(ref.job_id, actor=ACTOR)
     assert [c.attempt for c in source.calls] == [1]
     assert result.status == JobStatus.FAILED
     assert "rejected (permanent fault)" in (result.progress.tables[f"{wb.id}_bad"].error or "")
@@ -83,7 +97,7 @@ async def test_retry_resumes_from_last_committed_page(
         ts_env.client, settings, sqlite_store, ConnectorRegistry([source])
     ) as enqueuer:
         ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
-        result = await enqueuer.wait(ref.job_id)
+        result = await enqueuer.wait(ref.job_id, actor=ACTOR)
     assert result.status == JobStatus.COMPLETED
     # The second attempt starts at page 4 (offset 300), not from the beginning.
     assert [(c.attempt, c.cursor) for c in source.calls] == [(1, None), (2, "300")]
@@ -105,11 +119,11 @@ async def test_cancel_stops_the_job_and_frees_locks(
         assert sorted(sqlite_store.locks_held_by(ref.job_id)) == sorted(ref.table_ids)
 
         async def some_records() -> bool:
-            return (await enqueuer.progress(ref.job_id)).total_records > 0
+            return (await enqueuer.progress(ref.job_id, actor=ACTOR)).total_records > 0
 
         await eventually(some_records)
-        await enqueuer.cancel(ref.job_id)
-        result = await enqueuer.wait(ref.job_id)
+        await enqueuer.cancel(ref.job_id, actor=ACTOR)
+        result = await enqueuer.wait(ref.job_id, actor=ACTOR)
         assert result.status == JobStatus.CANCELLED
         assert {t.status for t in result.progress.tables.values()} == {TableStatus.CANCELLED}
         assert sqlite_store.locks_held_by(ref.job_id) == []
@@ -131,21 +145,21 @@ async def test_progress_reports_statuses_and_live_counts(
         ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
 
         async def first_is_live() -> bool:
-            p = await enqueuer.progress(ref.job_id)
+            p = await enqueuer.progress(ref.job_id, actor=ACTOR)
             return (
                 p.tables[first].status == TableStatus.ACTIVE and 0 < p.tables[first].records < 2000
             )
 
         await eventually(first_is_live)
-        mid = await enqueuer.progress(ref.job_id)
+        mid = await enqueuer.progress(ref.job_id, actor=ACTOR)
         # Parallelism 1: the second table waits its turn.
         assert mid.tables[second].status == TableStatus.PENDING
         assert mid.tables[first].name == "first"
         assert mid.tables[first].connector == "demo"
         assert mid.total_records == mid.tables[first].records
 
-        result = await enqueuer.wait(ref.job_id)
-        final = await enqueuer.progress(ref.job_id)
+        result = await enqueuer.wait(ref.job_id, actor=ACTOR)
+        final = await enqueuer.progress(ref.job_id, actor=ACTOR)
     assert result.status == JobStatus.COMPLETED
     assert final.status == JobStatus.COMPLETED
     assert {t: final.tables[t].records for t in (first, second)} == {first: 2000, second: 500}

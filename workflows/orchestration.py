@@ -189,11 +189,12 @@ class JobRun:
                             )
                             return
                         continue
-                    failures += 1
-                    if failures >= retry.maximum_attempts:
-                        await self._give_up(ref.table_id, str(exc))
-                        return
-                    await self._ops.sleep(retry.backoff(failures))
+                    if not exc.progressed:
+                        failures += 1
+                        if failures >= retry.maximum_attempts:
+                            await self._give_up(ref.table_id, str(exc))
+                            return
+                    await self._ops.sleep(retry.backoff(max(failures, 1)))
                     continue
                 break
         self._set(

@@ -118,8 +118,8 @@ class TemporalBackend:
                 raise EnqueueConnectionError(self._settings.address, exc.message) from exc
             if exc.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in exc.message:
                 raise ServerSetupError(exc.message) from exc
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                raise
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.UNIMPLEMENTED):
+                raise  # the caller decides what these mean
             raise JobBackendError(self._settings.address, exc.status.name, exc.message) from exc
         except RuntimeError as exc:  # the SDK's "Failed client connect"
             if "connect" in str(exc).lower():
