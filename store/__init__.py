@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from store.base import Store, SyncSummary
+from store.secrets import keyring_from_setting
 
 __all__ = ["Store", "SyncSummary", "open_store"]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, secret_key: SecretStr | None = None) -> Store:
     """Open (and migrate) the store at ``url``: ``sqlite:///path`` or ``postgresql://...``.
+
+    Args:
+        url: where the store is.
+        secret_key: ``SPINNER_SECRET_KEY``, the keys of account secrets. Unset: SQLite
+            keeps a generated key beside its file, PostgreSQL refuses account secrets.
 
     Raises:
         ValueError: the URL's scheme is not supported.
+        SecretKeyError: ``secret_key`` is malformed.
     """
     store: Store
+    keyring = keyring_from_setting(secret_key, setting="SPINNER_SECRET_KEY")
     if url.startswith("sqlite:///"):
         from store.sqlite import SqliteStore
 
-        store = SqliteStore(url.removeprefix("sqlite:///"))
+        store = SqliteStore(url.removeprefix("sqlite:///"), secrets=keyring)
     elif url.startswith(("postgresql://", "postgres://")):
         from store.postgres import PostgresStore
 
-        store = PostgresStore(url)
+        store = PostgresStore(url, secrets=keyring)
     else:
         raise ValueError(f"unsupported database URL {url!r}; use sqlite:/// or postgresql://")
     store.migrate()
