@@ -80,13 +80,18 @@ class Enqueuer:
         from store import open_store
 
         own_store = store is None
-        store = store or open_store(settings.store_url)
+        store = store or open_store(settings.store_url, secret_key=settings.secret_key)
         backend: JobBackend
         owned: list[Any] = []
         if settings.use_jobs:
             from enqueuer.backends.temporal import TemporalBackend
+            from enqueuer.codec import payload_codec
 
-            backend = TemporalBackend(settings.temporal, settings.enqueue_timeout)
+            backend = TemporalBackend(
+                settings.temporal,
+                settings.enqueue_timeout,
+                codec=payload_codec(settings.payload_key),
+            )
         else:
             from activities.download import DownloadActivities
             from activities.notify import open_webhook

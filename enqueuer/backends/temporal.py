@@ -15,12 +15,13 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import PayloadCodec
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from enqueuer import wire
+from enqueuer.codec import data_converter
 from enqueuer.errors import EnqueueConnectionError, JobNotFoundError, ServerSetupError
 from enqueuer.models import (
     JOB_TYPE_DOWNLOAD_RECORDS,
@@ -41,19 +42,25 @@ T = TypeVar("T")
 _UNREACHABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED}
 
 
-async def connect_client(settings: TemporalSettings, *, runtime: Runtime | None = None) -> Client:
+async def connect_client(
+    settings: TemporalSettings,
+    *,
+    runtime: Runtime | None = None,
+    codec: PayloadCodec | None = None,
+) -> Client:
     """Connect a Temporal client with the pydantic data converter.
 
     Args:
         settings: where the server is.
         runtime: SDK runtime of the client and of workers built on it (e.g. one that
             serves Prometheus metrics, see ``worker.metrics``); None for the default.
+        codec: payload encryption (``enqueuer.codec.payload_codec``); None for none.
 
     """
     return await Client.connect(
         settings.address,
         namespace=settings.namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(codec),
         tls=settings.tls,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
         runtime=runtime,
@@ -72,8 +79,10 @@ class TemporalBackend:
         client: Client | None = None,
         *,
         runtime: Runtime | None = None,
+        codec: PayloadCodec | None = None,
     ) -> None:
         self._settings = settings
+        self._codec = codec
         self._timeout = timeout
         self._client = client
         self._runtime = runtime
@@ -91,7 +100,7 @@ class TemporalBackend:
             async with self._connecting:
                 if self._client is None:
                     self._client = await self._bounded(
-                        connect_client(self._settings, runtime=self._runtime)
+                        connect_client(self._settings, runtime=self._runtime, codec=self._codec)
                     )
         return self._client
 
