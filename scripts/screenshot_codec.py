@@ -74,8 +74,8 @@ async def main(args: argparse.Namespace) -> None:
             "--ui-codec-endpoint",
             endpoint,
         ]
-        log = open(Path(tmp) / "temporal.log", "wb")  # noqa: SIM115
-        dev = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        log = open(Path(tmp) / "temporal.log", "wb")  # noqa: SIM115, ASYNC230
+        dev = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
         try:
             for _ in range(200):
                 if port_open(settings.temporal.address) and port_open(f"127.0.0.1:{ui_port}"):
@@ -130,7 +130,7 @@ async def main(args: argparse.Namespace) -> None:
                     args.chromium,
                     page,
                     docs / "webui-codec-decoded.png",
-                    **shot,  # type: ignore[arg-type]
+                    **shot,
                 )
                 server.stop()
                 await asyncio.to_thread(
@@ -138,7 +138,7 @@ async def main(args: argparse.Namespace) -> None:
                     args.chromium,
                     page,
                     docs / "webui-codec-encrypted.png",
-                    **shot,  # type: ignore[arg-type]
+                    **shot,
                 )
             store.close()
         finally:
