@@ -391,12 +391,14 @@ class _TableReader:
         self.client = client
         self.limiter = limiter
         self.pager = cfg.paginator
-        self.secret = account.secret if account and account.auth != "none" else ""
+        self.secret = (
+            account.secret.get_secret_value() if account and account.auth != "none" else ""
+        )
         auth: dict[str, str] = {}
         if account is not None and account.auth == "bearer":
-            auth["Authorization"] = f"Bearer {account.secret}"
+            auth["Authorization"] = f"Bearer {self.secret}"
         elif account is not None and account.auth == "api_key":
-            auth[account.header] = account.secret
+            auth[account.header] = self.secret
         self.origin_headers = {**cfg.headers, **auth}
         self.origin = _origin(httpx.URL(cfg.base_url))
         self.selector = _split_path(cfg.data_selector)

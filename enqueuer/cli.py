@@ -7,10 +7,12 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
     from temporalio.client import Client
     from temporalio.runtime import Runtime
 
+    from enqueuer.codec import EncryptionCodec
+    from store import Store
+
 app = typer.Typer(
     help="spinner-jobs: durable background jobs on Temporal.",
     no_args_is_help=True,
@@ -42,6 +47,13 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
+class AuthKind(StrEnum):
+    """How a connector account's secret is sent."""
+
+    BEARER = "bearer"
+    API_KEY = "api_key"
+
+
 def _settings() -> Settings:
     settings = Settings.load()
     configure_logging(settings.log_format, settings.log_level)
@@ -50,6 +62,12 @@ def _settings() -> Settings:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+def _codec(settings: Settings) -> EncryptionCodec | None:
+    from enqueuer.codec import payload_codec
+
+    return payload_codec(settings.payload_key)
 
 
 async def _stop_on_signals() -> asyncio.Event:
@@ -84,7 +102,7 @@ async def _worker(settings: Settings) -> None:
     stop = await _stop_on_signals()
     runtime = metrics_runtime(settings.metrics_port)
     client = await TemporalBackend(
-        settings.temporal, settings.enqueue_timeout, runtime=runtime
+        settings.temporal, settings.enqueue_timeout, runtime=runtime, codec=_codec(settings)
     ).client()
     await ensure_search_attributes(client)
     tune_gc()
@@ -136,7 +154,9 @@ async def _temporal_server(
             log_file=data / "temporal.log",
         )
     try:
-        client = await TemporalBackend(t, settings.enqueue_timeout, runtime=runtime).client()
+        client = await TemporalBackend(
+            t, settings.enqueue_timeout, runtime=runtime, codec=_codec(settings)
+        ).client()
         await ensure_search_attributes(client)
         yield client
     finally:
@@ -191,7 +211,7 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
     )
     base_url = api.start()
     console.print(f"Sample REST source serving {len(counts)} tables at {base_url}")
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, secret_key=settings.secret_key)
     try:
         async with _temporal_server(settings) as client:
             workbook = Workbook(
@@ -258,22 +278,33 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
 
 @app.command("create-workbook")
 def create_workbook(
-    workbook_id: Annotated[str, typer.Argument(help="Id of the new workbook.")],
-    org: Annotated[str, typer.Option(help="Organization owning it.")],
+    workbook_id: Annotated[
+        str | None,
+        typer.Argument(help="Id of the new workbook (with --from-file: must match the file's)."),
+    ] = None,
+    org: Annotated[
+        str | None,
+        typer.Option(help="Organization owning it (with --from-file: must match the file's)."),
+    ] = None,
     tables: Annotated[int, typer.Option(help="Number of demo tables.")] = 3,
     records: Annotated[int, typer.Option(help="Records per demo table.")] = 10_000,
     page_size: Annotated[int, typer.Option(help="Records per page.")] = 500,
     from_file: Annotated[
-        Path | None, typer.Option(help="JSON file of a whole Workbook (any connectors) instead.")
+        Path | None,
+        typer.Option(help="JSON file of a whole Workbook (any connectors; see the README)."),
     ] = None,
 ) -> None:
-    """Create (or replace) a workbook: demo tables, or any tables from a JSON file."""
-    settings = _settings()
-    from store import open_store
+    """Create (or replace) a workbook: demo tables, or any tables from a JSON file.
 
+    Every table config is validated by its connector, and every account_id must name
+    an account of the workbook's organization, before anything is stored.
+    """
+    settings = _settings()
     if from_file is not None:
-        workbook = Workbook.model_validate_json(from_file.read_text())
+        workbook = _workbook_from_file(from_file, workbook_id, org)
     else:
+        if workbook_id is None or org is None:
+            raise typer.BadParameter("give a WORKBOOK_ID and --org, or --from-file FILE")
         workbook = Workbook(
             id=workbook_id,
             organization_id=org,
@@ -289,12 +320,203 @@ def create_workbook(
                 for i in range(1, tables + 1)
             ],
         )
-    store = open_store(settings.store_url)
-    try:
+    with _open_store(settings) as store:
         store.put_workbook(workbook)
+    console.print(f"workbook {workbook.id}: {', '.join(t.id for t in workbook.tables)}")
+
+
+def _workbook_from_file(path: Path, workbook_id: str | None, org: str | None) -> Workbook:
+    """Read and validate a workbook file: ids agree, every table config is valid."""
+    from pydantic import ValidationError
+
+    from connectors.registry import default_connectors
+    from enqueuer.errors import InvalidTableConfigError
+
+    try:
+        workbook = Workbook.model_validate_json(path.read_text())
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        raise typer.BadParameter(f"{path} is not a workbook file: {problems}") from None
+    if workbook_id is not None and workbook_id != workbook.id:
+        raise typer.BadParameter(
+            f"WORKBOOK_ID {workbook_id!r} disagrees with the file's id {workbook.id!r}; "
+            "drop the argument or fix the file"
+        )
+    if org is not None and org != workbook.organization_id:
+        raise typer.BadParameter(
+            f"--org {org!r} disagrees with the file's organization_id "
+            f"{workbook.organization_id!r}; drop the option or fix the file"
+        )
+    invalid: list[str] = []
+    connectors = default_connectors()
+    for table in workbook.tables:
+        if table.workbook_id != workbook.id:
+            invalid.append(
+                f"table {table.id!r}: workbook_id {table.workbook_id!r} is not {workbook.id!r}"
+            )
+            continue
+        try:
+            connectors.get(table.connector).validate_config(table.config)
+        except InvalidTableConfigError as exc:
+            invalid.append(f"table {table.id!r}: {exc}")
+    if invalid:
+        raise InvalidTableConfigError(
+            f"{path}: {'; '.join(invalid)} (see the README's workbook file format)"
+        )
+    return workbook
+
+
+@contextmanager
+def _open_store(settings: Settings) -> Iterator[Store]:
+    from store import open_store
+
+    store = open_store(settings.store_url, secret_key=settings.secret_key)
+    try:
+        yield store
     finally:
         store.close()
-    console.print(f"workbook {workbook.id}: {', '.join(t.id for t in workbook.tables)}")
+
+
+# --- connector accounts ------------------------------------------------------------------
+
+account_app = typer.Typer(
+    help="Connector accounts: the credentials tables use (secrets encrypted at rest).",
+    no_args_is_help=True,
+)
+app.add_typer(account_app, name="account")
+
+
+@account_app.command("create")
+def account_create(
+    account_id: Annotated[str, typer.Argument(help="Id of the account (tables name it).")],
+    org: Annotated[str, typer.Option(help="Organization owning it; only its workbooks use it.")],
+    auth: Annotated[
+        AuthKind, typer.Option(help="bearer: Authorization: Bearer; api_key: a header.")
+    ],
+    header: Annotated[
+        str, typer.Option(help="Header carrying the key, for --auth api_key.")
+    ] = "X-API-Key",
+    secret_env: Annotated[
+        str | None,
+        typer.Option(help="Read the secret from this environment variable instead of stdin."),
+    ] = None,
+) -> None:
+    """Create (or replace) an account; the secret comes from stdin or --secret-env, never argv.
+
+    On a terminal the secret is asked for without echo; otherwise stdin is read to its
+    end and one trailing newline is dropped (``printf %s "$TOKEN" | spinner-jobs ...``).
+    """
+    from pydantic import SecretStr
+
+    from enqueuer.models import ConnectorAccount
+
+    settings = _settings()
+    if secret_env is not None:
+        # The one read of a variable the user names on purpose; settings stay in Settings.
+        secret = os.environ.get(secret_env, "")
+        source = f"the environment variable {secret_env}"
+    elif sys.stdin.isatty():
+        secret = typer.prompt("Secret", hide_input=True)
+        source = "the prompt"
+    else:
+        secret = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+        source = "stdin"
+    if not secret.strip():
+        raise typer.BadParameter(f"no secret on {source}; pipe it in or use --secret-env VAR")
+    account = ConnectorAccount(
+        id=account_id,
+        organization_id=org,
+        auth=auth.value,
+        secret=SecretStr(secret),
+        header=header,
+    )
+    with _open_store(settings) as store:
+        store.put_account(account)
+    log.info("account_stored", account_id=account_id, organization_id=org, auth=auth.value)
+    console.print(f"account {account_id} ({auth.value}) stored for {org}")
+
+
+@account_app.command("list")
+def account_list(
+    org: Annotated[str | None, typer.Option(help="Only this organization's accounts.")] = None,
+) -> None:
+    """List accounts: ids, organizations, auth kinds and key ids (never secrets)."""
+    settings = _settings()
+    with _open_store(settings) as store:
+        accounts = store.list_accounts(org)
+    table = RichTable(title="connector accounts")
+    for column in ("id", "organization", "auth", "header", "key id"):
+        table.add_column(column)
+    for a in accounts:
+        table.add_row(
+            a.id,
+            a.organization_id,
+            a.auth,
+            a.header if a.auth == "api_key" else "-",
+            a.key_id or "(plain)",
+        )
+    console.print(table)
+
+
+@account_app.command("rekey")
+def account_rekey() -> None:
+    """Re-encrypt every account under the current key (after a rotation or an upgrade)."""
+    settings = _settings()
+    with _open_store(settings) as store:
+        summaries = store.list_accounts()
+        for summary in summaries:
+            account = store.get_account(summary.id)
+            if account is not None:
+                store.put_account(account)
+    console.print(f"{len(summaries)} accounts encrypted under the current key")
+
+
+@app.command("new-key")
+def new_key() -> None:
+    """Print a fresh random key for SPINNER_SECRET_KEY or SPINNER_PAYLOAD_KEY."""
+    from store.secrets import new_key as make_key
+
+    console.print(make_key(), highlight=False)
+
+
+# --- payload encryption ------------------------------------------------------------------
+
+
+@app.command("codec-server")
+def codec_server() -> None:
+    """Serve the Temporal Web UI's remote codec endpoint (decrypts payloads for the UI).
+
+    Needs SPINNER_PAYLOAD_KEY and SPINNER_CODEC_TOKEN; listens on SPINNER_CODEC_HOST /
+    SPINNER_CODEC_PORT and allows the browser origins of SPINNER_CODEC_ORIGINS.
+    """
+    from enqueuer.codec import CodecServer
+
+    settings = _settings()
+    codec = _codec(settings)
+    if codec is None:
+        raise typer.BadParameter("SPINNER_PAYLOAD_KEY is not set: there is nothing to decode")
+    c = settings.codec
+    if c.token is None:
+        raise typer.BadParameter(
+            "SPINNER_CODEC_TOKEN is not set; the codec server refuses to serve without one"
+        )
+    origins = [o.strip() for o in c.origins.split(",") if o.strip()]
+    server = CodecServer(codec, c.token, origins, host=c.host, port=c.port)
+    console.print(
+        f"Codec server on {server.url} for {', '.join(origins)}; requests need "
+        f"Authorization: Bearer $SPINNER_CODEC_TOKEN, or use {server.url}/<token> as the "
+        "UI's codec endpoint (temporal server start-dev --ui-codec-endpoint ...)"
+    )
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
 
 
 # --- jobs --------------------------------------------------------------------------------

@@ -85,14 +85,21 @@ class Enqueuer:
         own_store = store is None
         # An enqueue waits for the store no longer than for the server.
         store = store or open_store(
-            settings.store_url, timeout=settings.enqueue_timeout.total_seconds()
+            settings.store_url,
+            timeout=settings.enqueue_timeout.total_seconds(),
+            secret_key=settings.secret_key,
         )
         backend: JobBackend
         owned: list[Any] = []
         if settings.use_jobs:
             from enqueuer.backends.temporal import TemporalBackend
+            from enqueuer.codec import payload_codec
 
-            backend = TemporalBackend(settings.temporal, settings.enqueue_timeout)
+            backend = TemporalBackend(
+                settings.temporal,
+                settings.enqueue_timeout,
+                codec=payload_codec(settings.payload_key),
+            )
         else:
             from activities.download import DownloadActivities
             from activities.notify import open_webhook

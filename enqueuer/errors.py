@@ -156,6 +156,36 @@ class JobBackendError(SpinnerError):
         )
 
 
+class AccountNotFoundError(SpinnerError, LookupError):
+    """A table names a connector account that does not exist or belongs to another organization.
+
+    Both cases give the same message so that nothing leaks across organizations.
+    """
+
+    def __init__(self, account_id: str) -> None:
+        self.account_id = account_id
+        super().__init__(
+            f"connector account {account_id!r} not found for this organization; create it "
+            "with `spinner-jobs account create` or fix the table's account_id"
+        )
+
+
+class AccountConflictError(SpinnerError):
+    """An account id is already used by another organization's account."""
+
+    def __init__(self, account_id: str) -> None:
+        self.account_id = account_id
+        super().__init__(f"connector account id {account_id!r} is taken; choose another id")
+
+
+class SecretKeyError(SpinnerError):
+    """A key for encrypted secrets or payloads is missing, malformed or does not match.
+
+    The message names the setting to fix (``SPINNER_SECRET_KEY`` or
+    ``SPINNER_PAYLOAD_KEY``) and never a key or a secret.
+    """
+
+
 class JobFailedError(SpinnerError):
     """Raised by ``wait`` when a job ended failed; names the failed tables."""
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, StringConstraints
 
 NonEmptyStr = Annotated[
     str,
@@ -201,13 +201,29 @@ class Workbook(_Model):
 
 
 class ConnectorAccount(_Model):
-    """Credentials for a source; read by activities only, never put in a workflow input."""
+    """Credentials for a source; read by activities only, never put in a workflow input.
+
+    The secret is a ``SecretStr``: it prints as ``**********`` and is encrypted in the
+    store (see ``store.secrets``); only the connector that sends it reads the value.
+    """
 
     id: NonEmptyStr
     organization_id: NonEmptyStr
     auth: Literal["bearer", "api_key", "none"] = "none"
-    secret: str = Field("", repr=False)
+    secret: SecretStr = Field(SecretStr(""), description="Token or API key; empty for none.")
     header: str = Field("X-API-Key", description="Header name for api_key auth.")
+
+
+class AccountSummary(_Model):
+    """What may be shown of a connector account: never its secret."""
+
+    id: str
+    organization_id: str
+    auth: str
+    header: str
+    key_id: str | None = Field(
+        None, description="Id of the key its secret is encrypted under; None if plain or empty."
+    )
 
 
 # --- workflow / activity wire models ----------------------------------------------------

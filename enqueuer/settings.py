@@ -106,6 +106,22 @@ class WebhookSettings(_Section):
     maximum_attempts: int = Field(10, ge=1, description="Delivery attempts per event.")
 
 
+class CodecServerSettings(_Section):
+    """The Temporal Web UI's remote codec endpoint (``spinner-jobs codec-server``)."""
+
+    host: str = Field("127.0.0.1", description="Address the codec server listens on.")
+    port: int = Field(8234, ge=0, le=65535, description="Its port (0: any free port).")
+    origins: str = Field(
+        "http://localhost:8233",
+        description="Comma-separated browser origins allowed by CORS (the Web UI's).",
+    )
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token the UI must send (Authorization header); the server "
+        "refuses to start without one.",
+    )
+
+
 class Settings(BaseSettings):
     """All configuration of spinner-jobs, from ``SPINNER_*`` environment variables."""
 
@@ -142,6 +158,18 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     retention: RetentionSettings = RetentionSettings()
     webhook: WebhookSettings = WebhookSettings()
+    codec: CodecServerSettings = CodecServerSettings()
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Keys of account secrets at rest: comma-separated base64 32-byte keys, "
+        "the first encrypts (`spinner-jobs new-key`). Unset: the SQLite store keeps a "
+        "generated key in secret.key beside its file; PostgreSQL refuses account secrets.",
+    )
+    payload_key: SecretStr | None = Field(
+        None,
+        description="Keys of Temporal payload encryption, same format; unset: payloads "
+        "travel as plain JSON. Clients and workers must share them.",
+    )
 
     @classmethod
     def load(cls, **overrides: object) -> Settings:

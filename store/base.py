@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from connectors.base import RecordRow
-from enqueuer.models import ConnectorAccount, TableCheckpoint, Workbook
+from enqueuer.models import AccountSummary, ConnectorAccount, TableCheckpoint, Workbook
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,11 @@ class Store(Protocol):
     # --- catalog ---------------------------------------------------------------------
 
     def put_workbook(self, workbook: Workbook) -> None:
-        """Create or replace a workbook and its tables (locks and sync times are kept)."""
+        """Create or replace a workbook and its tables (locks and sync times are kept).
+
+        Raises ``AccountNotFoundError`` when a table names an account that is unknown
+        or of another organization.
+        """
         ...
 
     def get_workbook(self, workbook_id: str) -> Workbook | None:
@@ -74,11 +78,18 @@ class Store(Protocol):
         ...
 
     def put_account(self, account: ConnectorAccount) -> None:
-        """Create or replace a connector account."""
+        """Create or replace a connector account, its secret encrypted (``store.secrets``).
+
+        Raises ``AccountConflictError`` when the id is another organization's account.
+        """
         ...
 
     def get_account(self, account_id: str) -> ConnectorAccount | None:
-        """A connector account, or None."""
+        """A connector account with its secret decrypted, or None."""
+        ...
+
+    def list_accounts(self, organization_id: str | None = None) -> list[AccountSummary]:
+        """Accounts of one organization (or all), sorted by id, without secrets."""
         ...
 
     # --- download locks --------------------------------------------------------------

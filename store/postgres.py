@@ -27,9 +27,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from connectors.base import RecordRow
-from enqueuer.errors import InvalidJobError, LockLostError, StoreUnavailableError
-from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
+from enqueuer.errors import (
+    AccountConflictError,
+    AccountNotFoundError,
+    InvalidJobError,
+    LockLostError,
+    StoreUnavailableError,
+)
+from enqueuer.models import AccountSummary, ConnectorAccount, Table, TableCheckpoint, Workbook
 from store.base import HeldLock, Lease, SyncSummary
+from store.secrets import AccountSecrets, Keyring, sealed_key_id
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,6 +72,7 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS workbook_tables_workbook ON workbook_tables (workbook_id)",
     "CREATE INDEX IF NOT EXISTS workbook_tables_locked_by ON workbook_tables (locked_by)",
+    # secret: sealed by store.secrets, enc:v1:<key id>:<base64>
     """CREATE TABLE IF NOT EXISTS connector_accounts (
         id text PRIMARY KEY,
         organization_id text NOT NULL,
@@ -150,7 +158,7 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
 class PostgresStore:
     """Store in a PostgreSQL database; one connection per thread, explicit transactions."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, secrets: Keyring | None = None) -> None:
         """Prepare the store; connections open lazily, one per calling thread.
 
         Args:
@@ -158,8 +166,11 @@ class PostgresStore:
                 ``key=value`` string). ``self.url`` keeps it without the password.
             timeout: seconds a connection attempt or a row-lock wait may take before
                 the call fails with ``StoreUnavailableError``.
+            secrets: keys of account secrets (``SPINNER_SECRET_KEY``); None refuses
+                to store or read account secrets.
 
         """
+        self._secrets = AccountSecrets(secrets)
         self._conninfo = url
         self.url = redact_url(url)
         self._timeout = timeout
@@ -247,9 +258,29 @@ class PostgresStore:
 
     @_translated
     def put_workbook(self, workbook: Workbook) -> None:
-        """Create or replace a workbook and its tables (locks and sync times kept)."""
+        """Create or replace a workbook and its tables (locks and sync times kept).
+
+        Raises:
+            AccountNotFoundError: a table names an account that is unknown or of
+                another organization; nothing is written.
+
+        """
         keep = [t.id for t in workbook.tables]
         with self._tx() as conn:
+            account_ids = sorted({t.account_id for t in workbook.tables if t.account_id})
+            if account_ids:
+                # FOR SHARE: the accounts cannot move or vanish before this commits.
+                owned = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM connector_accounts WHERE id = ANY(%s) "
+                        "AND organization_id = %s FOR SHARE",
+                        (account_ids, workbook.organization_id),
+                    )
+                }
+                for account_id in account_ids:
+                    if account_id not in owned:
+                        raise AccountNotFoundError(account_id)
             # The workbook row lock serializes concurrent replacements of one workbook.
             conn.execute(
                 "INSERT INTO workbooks (id, organization_id, name) VALUES (%s, %s, %s) "
@@ -327,19 +358,36 @@ class PostgresStore:
 
     @_translated
     def put_account(self, account: ConnectorAccount) -> None:
-        """Create or replace a connector account."""
+        """Create or replace a connector account; its secret is stored encrypted.
+
+        Raises:
+            AccountConflictError: the id belongs to an account of another organization.
+            SecretKeyError: ``SPINNER_SECRET_KEY`` is not set.
+
+        """
+        sealed = self._secrets.seal(account.id, account.organization_id, account.secret)
         with self._tx() as conn:
-            conn.execute(
+            row = conn.execute(
                 "INSERT INTO connector_accounts (id, organization_id, auth, secret, header) "
                 "VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (id) DO UPDATE SET organization_id = excluded.organization_id, "
-                "auth = excluded.auth, secret = excluded.secret, header = excluded.header",
-                (account.id, account.organization_id, account.auth, account.secret, account.header),
-            )
+                "ON CONFLICT (id) DO UPDATE SET auth = excluded.auth, "
+                "secret = excluded.secret, header = excluded.header "
+                "WHERE connector_accounts.organization_id = excluded.organization_id "
+                "RETURNING id",
+                (account.id, account.organization_id, account.auth, sealed, account.header),
+            ).fetchone()
+            if row is None:
+                raise AccountConflictError(account.id)
 
     @_translated
     def get_account(self, account_id: str) -> ConnectorAccount | None:
-        """A connector account, or None."""
+        """A connector account with its secret decrypted, or None.
+
+        Raises:
+            SecretKeyError: ``SPINNER_SECRET_KEY`` is not set or lacks the key the
+                secret was encrypted under, or the ciphertext is not this account's.
+
+        """
         with self._tx() as conn:
             row = conn.execute(
                 "SELECT id, organization_id, auth, secret, header FROM connector_accounts "
@@ -349,8 +397,28 @@ class PostgresStore:
         if row is None:
             return None
         return ConnectorAccount(
-            id=row[0], organization_id=row[1], auth=row[2], secret=row[3], header=row[4]
+            id=row[0],
+            organization_id=row[1],
+            auth=row[2],
+            secret=self._secrets.open(row[0], row[1], row[3]),
+            header=row[4],
         )
+
+    def list_accounts(self, organization_id: str | None = None) -> list[AccountSummary]:
+        """Accounts (of one organization, or all) by id, without their secrets."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT id, organization_id, auth, header, secret FROM connector_accounts "
+                "WHERE %(org)s::text IS NULL OR organization_id = %(org)s "
+                'ORDER BY id COLLATE "C"',
+                {"org": organization_id},
+            ).fetchall()
+        return [
+            AccountSummary(
+                id=r[0], organization_id=r[1], auth=r[2], header=r[3], key_id=sealed_key_id(r[4])
+            )
+            for r in rows
+        ]
 
     # --- locks -----------------------------------------------------------------------
 

@@ -15,9 +15,15 @@ from typing import Any, ParamSpec, TypeVar
 import orjson
 
 from connectors.base import RecordRow
-from enqueuer.errors import LockLostError, StoreUnavailableError
-from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
+from enqueuer.errors import (
+    AccountConflictError,
+    AccountNotFoundError,
+    LockLostError,
+    StoreUnavailableError,
+)
+from enqueuer.models import AccountSummary, ConnectorAccount, Table, TableCheckpoint, Workbook
 from store.base import HeldLock, Lease, SyncSummary
+from store.secrets import KEY_FILE_NAME, AccountSecrets, Keyring, sealed_key_id
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,7 +62,7 @@ CREATE TABLE IF NOT EXISTS connector_accounts (
     id TEXT PRIMARY KEY,
     organization_id TEXT NOT NULL,
     auth TEXT NOT NULL,
-    secret TEXT NOT NULL,
+    secret TEXT NOT NULL, -- sealed by store.secrets: enc:v1:<key id>:<base64>
     header TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS records (
@@ -108,16 +114,25 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
 class SqliteStore:
     """Store in one SQLite file; one connection per thread, writes serialized by SQLite."""
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
-        """Prepare the store; connections open lazily, one per calling thread.
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout: float = 30.0,
+        secrets: Keyring | None = None,
+    ) -> None:
+        """Prepare the store; the file and its connections open lazily.
 
         Args:
             path: the database file.
             busy_timeout: seconds a write waits for another writer (in this process or
                 another) before failing with ``StoreUnavailableError``.
+            secrets: keys of account secrets (``SPINNER_SECRET_KEY``); None keeps a
+                generated key in ``secret.key`` beside the database file.
 
         """
         self.path = Path(path)
+        self._secrets = AccountSecrets(secrets, self.path.parent / KEY_FILE_NAME)
         self.url = f"sqlite:///{self.path}"
         self._busy_timeout = busy_timeout
         self._local = threading.local()
@@ -186,8 +201,20 @@ class SqliteStore:
 
     @_translated
     def put_workbook(self, workbook: Workbook) -> None:
-        """Create or replace a workbook and its tables (locks and sync times kept)."""
+        """Create or replace a workbook and its tables (locks and sync times kept).
+
+        Raises:
+            AccountNotFoundError: a table names an account that is unknown or of
+                another organization; nothing is written.
+
+        """
         with self._write() as conn:
+            for account_id in sorted({t.account_id for t in workbook.tables if t.account_id}):
+                owner = conn.execute(
+                    "SELECT organization_id FROM connector_accounts WHERE id = ?", (account_id,)
+                ).fetchone()
+                if owner is None or owner[0] != workbook.organization_id:
+                    raise AccountNotFoundError(account_id)
             conn.execute(
                 "INSERT INTO workbooks (id, organization_id, name) VALUES (?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET organization_id = excluded.organization_id, "
@@ -256,17 +283,35 @@ class SqliteStore:
 
     @_translated
     def put_account(self, account: ConnectorAccount) -> None:
-        """Create or replace a connector account."""
+        """Create or replace a connector account; its secret is stored encrypted.
+
+        Raises:
+            AccountConflictError: the id belongs to an account of another organization.
+            SecretKeyError: no key to encrypt with.
+
+        """
+        sealed = self._secrets.seal(account.id, account.organization_id, account.secret)
         with self._write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO connector_accounts "
-                "(id, organization_id, auth, secret, header) VALUES (?, ?, ?, ?, ?)",
-                (account.id, account.organization_id, account.auth, account.secret, account.header),
-            )
+            changed = conn.execute(
+                "INSERT INTO connector_accounts (id, organization_id, auth, secret, header) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET auth = excluded.auth, "
+                "secret = excluded.secret, header = excluded.header "
+                "WHERE connector_accounts.organization_id = excluded.organization_id",
+                (account.id, account.organization_id, account.auth, sealed, account.header),
+            ).rowcount
+            if changed == 0:
+                raise AccountConflictError(account.id)
 
     @_translated
     def get_account(self, account_id: str) -> ConnectorAccount | None:
-        """A connector account, or None."""
+        """A connector account with its secret decrypted, or None.
+
+        Raises:
+            SecretKeyError: the key its secret was encrypted under is not configured,
+                or the stored ciphertext does not belong to this account.
+
+        """
         row = (
             self._conn()
             .execute(
@@ -279,8 +324,26 @@ class SqliteStore:
         if row is None:
             return None
         return ConnectorAccount(
-            id=row[0], organization_id=row[1], auth=row[2], secret=row[3], header=row[4]
+            id=row[0],
+            organization_id=row[1],
+            auth=row[2],
+            secret=self._secrets.open(row[0], row[1], row[3]),
+            header=row[4],
         )
+
+    def list_accounts(self, organization_id: str | None = None) -> list[AccountSummary]:
+        """Accounts (of one organization, or all) by id, without their secrets."""
+        rows = self._conn().execute(
+            "SELECT id, organization_id, auth, header, secret FROM connector_accounts "
+            "WHERE ? IS NULL OR organization_id = ? ORDER BY id",
+            (organization_id, organization_id),
+        )
+        return [
+            AccountSummary(
+                id=r[0], organization_id=r[1], auth=r[2], header=r[3], key_id=sealed_key_id(r[4])
+            )
+            for r in rows
+        ]
 
     # --- locks -----------------------------------------------------------------------
 

@@ -17,12 +17,14 @@ from typing import Any, cast
 
 import psycopg
 import pytest
+from pydantic import SecretStr
 
 from connectors.base import Record
 from enqueuer.errors import LockLostError
 from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
 from store import HeldLock, Lease, Store, open_store
 from store.postgres import PostgresStore, redact_url
+from store.secrets import new_key
 from store.sqlite import SqliteStore
 from tests.pg import fresh_schema
 
@@ -43,7 +45,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def store(store_url: str) -> Iterator[Store]:
-    opened = open_store(store_url)
+    opened = open_store(store_url, secret_key=SecretStr(new_key()))
     try:
         yield opened
     finally:
@@ -68,7 +70,7 @@ def _finish(store: Store, table_id: str, job_id: str, synced_at: datetime) -> An
     return store.finish_sync(_lease(store, table_id, job_id), synced_at)
 
 
-def _workbook(*table_ids: str, workbook_id: str = "wb1") -> Workbook:
+def _workbook(*table_ids: str, workbook_id: str = "wb1", account: str | None = None) -> Workbook:
     return Workbook(
         id=workbook_id,
         organization_id="org1",
@@ -80,7 +82,7 @@ def _workbook(*table_ids: str, workbook_id: str = "wb1") -> Workbook:
                 name=f"Table {tid}",
                 connector="http",
                 config={"url": f"https://example.test/{tid}", "paginator": {"type": "cursor"}},
-                account_id="acc1" if i == 0 else None,
+                account_id=account if i == 0 else None,
             )
             for i, tid in enumerate(table_ids)
         ],
@@ -99,20 +101,20 @@ def _fields(store: Store, table_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_workbook_and_account_round_trip(store: Store) -> None:
-    workbook = _workbook("t1", "t2", "t3")
+    workbook = _workbook("t1", "t2", "t3", account="acc1")
     account = ConnectorAccount(
         id="acc1", organization_id="org1", auth="api_key", secret="s3cret", header="X-Key"
     )
 
-    store.put_workbook(workbook)
     store.put_account(account)
+    store.put_workbook(workbook)
 
     assert store.get_workbook("wb1") == workbook
     assert store.get_account("acc1") == account
     assert store.get_workbook("nope") is None
     assert store.get_account("nope") is None
 
-    replaced = account.model_copy(update={"auth": "bearer", "secret": "other"})
+    replaced = account.model_copy(update={"auth": "bearer", "secret": SecretStr("other")})
     store.put_account(replaced)
     assert store.get_account("acc1") == replaced
 

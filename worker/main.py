@@ -89,7 +89,7 @@ async def worker_resources(
 ) -> AsyncIterator[tuple[Store, ConnectorRegistry, WebhookSender | None]]:
     """Open the store, connectors and webhook client a worker needs; close them after."""
     own_store = store is None
-    store = store or open_store(settings.store_url)
+    store = store or open_store(settings.store_url, secret_key=settings.secret_key)
     connectors = default_connectors(settings.files_root)
     webhook, http = open_webhook(settings.webhook)
     try:

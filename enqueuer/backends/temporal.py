@@ -17,13 +17,14 @@ from temporalio.client import (
     WorkflowQueryFailedError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import PayloadCodec
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from enqueuer import wire
 from enqueuer.backends.base import HolderState
+from enqueuer.codec import data_converter
 from enqueuer.errors import (
     EnqueueConnectionError,
     JobAlreadyClosedError,
@@ -51,19 +52,25 @@ T = TypeVar("T")
 _UNREACHABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED}
 
 
-async def connect_client(settings: TemporalSettings, *, runtime: Runtime | None = None) -> Client:
+async def connect_client(
+    settings: TemporalSettings,
+    *,
+    runtime: Runtime | None = None,
+    codec: PayloadCodec | None = None,
+) -> Client:
     """Connect a Temporal client with the pydantic data converter.
 
     Args:
         settings: where the server is.
         runtime: SDK runtime of the client and of workers built on it (e.g. one that
             serves Prometheus metrics, see ``worker.metrics``); None for the default.
+        codec: payload encryption (``enqueuer.codec.payload_codec``); None for none.
 
     """
     return await Client.connect(
         settings.address,
         namespace=settings.namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(codec),
         tls=settings.tls,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
         runtime=runtime,
@@ -82,8 +89,10 @@ class TemporalBackend:
         client: Client | None = None,
         *,
         runtime: Runtime | None = None,
+        codec: PayloadCodec | None = None,
     ) -> None:
         self._settings = settings
+        self._codec = codec
         self._timeout = timeout
         self._client = client
         self._runtime = runtime
@@ -101,7 +110,7 @@ class TemporalBackend:
             async with self._connecting:
                 if self._client is None:
                     self._client = await self._bounded(
-                        connect_client(self._settings, runtime=self._runtime)
+                        connect_client(self._settings, runtime=self._runtime, codec=self._codec)
                     )
         return self._client
 
