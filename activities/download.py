@@ -369,7 +369,9 @@ class _LiveSignal:
         self._input = input
         self._interval = interval
         self._started = time.monotonic()
-        self._last_sent = 0.0
+        # The first signal waits one interval: a short table sends none (its result
+        # updates the details anyway), so small jobs keep their few workflow tasks.
+        self._last_sent = self._started
         self._last_records = -1
         self._task: asyncio.Task[None] | None = None
 

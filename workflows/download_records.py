@@ -115,8 +115,10 @@ class _WorkflowOps:
         self._handing_over: list[asyncio.Task[None]] = []
 
     async def resolve_tables(self, input: ResolveTablesInput) -> ResolveTablesResult:
+        # A local activity: a quick catalog read that runs inside the first workflow
+        # task, so the table downloads are scheduled without another round trip.
         try:
-            return await workflow.execute_activity_method(
+            return await workflow.execute_local_activity_method(
                 DownloadActivities.resolve_tables,
                 input,
                 start_to_close_timeout=_SHORT,
@@ -147,7 +149,7 @@ class _WorkflowOps:
             raise _attempt_failure(exc) from exc
 
     async def release_locks(self, input: ReleaseLocksInput) -> ReleaseLocksResult:
-        return await workflow.execute_activity_method(
+        return await workflow.execute_local_activity_method(
             DownloadActivities.release_locks,
             input,
             start_to_close_timeout=_SHORT,

@@ -157,6 +157,9 @@ class TemporalBackend:
                 search_attributes=attributes,
                 memo={"metadata": job.metadata} if job.metadata else None,
                 static_summary=summary,
+                # With a worker of this task queue on this client (a monolith), the
+                # server hands the first workflow task straight back: one round trip less.
+                request_eager_start=True,
                 rpc_timeout=self._timeout,
             )
         )
