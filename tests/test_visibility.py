@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -221,3 +222,40 @@ async def test_temporal_cli_lists_the_job_by_workbook(
     [row] = listed
     assert row["execution"]["workflowId"] == job.ref.job_id
     assert row["type"]["name"] == wire.WORKFLOW_DOWNLOAD_RECORDS
+
+
+async def test_current_details_count_records_live_without_an_event_per_page(
+    dev_env: WorkflowEnvironment, settings: Settings, sqlite_store: SqliteStore, make_workbook
+) -> None:
+    # 100 pages of 20 records, 20 ms each: about two seconds of downloading.
+    wb = make_workbook(t=demo(2000, page_size=20, page_delay=0.02))
+    table = wb.tables[0]
+    actor = Actor(user_id="u_live", organization_id="org_1")
+    connectors = default_connectors()
+    try:
+        async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enq:
+            ref = await enq.enqueue_download_records_job(wb.id, actor)
+            handle = dev_env.client.get_workflow_handle(ref.job_id)
+            counts: list[int] = []
+
+            async def details_count_a_partial_table() -> bool:
+                try:
+                    details = await current_details(handle)
+                except (RPCError, WorkflowQueryFailedError):
+                    return False
+                pattern = rf"\| {table.name} \(`{table.id}`\) \| demo \| active \| ([\d,]+) \|"
+                row = re.search(pattern, details)
+                if row:
+                    counts.append(int(row.group(1).replace(",", "")))
+                return any(0 < n < 2000 for n in counts)
+
+            await eventually(details_count_a_partial_table, within=15, interval=0.05)
+            assert (await enq.wait(ref.job_id, actor=actor)).status == JobStatus.COMPLETED
+    finally:
+        await connectors.aclose()
+    history = await handle.fetch_history()
+    signals = [
+        e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    # Throttled to the progress interval (0.2 s here): a few signals, far fewer than pages.
+    assert 0 < len(signals) < 100 / 4
