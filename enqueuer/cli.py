@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -177,6 +178,9 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
     from worker.main import build_worker, tune_gc, worker_resources
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # The sample source listens on loopback, which connectors reach only when allowed.
+    loopback = (*settings.http_allowed_networks, ip_network("127.0.0.0/8"))
+    settings = settings.model_copy(update={"http_allowed_networks": loopback})
     # Logs go to a file so the progress bars stay readable.
     log_path = settings.data_dir / "demo.log"
     log_file = open(log_path, "a")  # noqa: SIM115, ASYNC230
