@@ -229,7 +229,7 @@ class HttpConnector:
                 transport=GuardedTransport(
                     self._policy, limits=self._limits, resolver=self._resolver
                 ),
-                trust_env=False,  # no proxy from the environment: it would bypass the guard
+                trust_env=False,  # nothing from the environment (proxies, certificates)
                 follow_redirects=False,  # followed by hand, so credentials stay on origin
                 headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
             )
