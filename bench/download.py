@@ -94,6 +94,7 @@ async def engine_run(
         "SPINNER_TEMPORAL_ADDRESS": address,
         "SPINNER_TEMPORAL_TASK_QUEUE": task_queue,
         "SPINNER_DATABASE_URL": db_url,
+        "SPINNER_HTTP_ALLOWED_NETWORKS": "127.0.0.0/8",  # the sample source is on loopback
         "SPINNER_JOBS_TABLE_PARALLELISM": str(parallelism),
         "SPINNER_LOG_LEVEL": "warning",
     }

@@ -2,8 +2,8 @@
 
 Table config (validated by :class:`FilesTableConfig`)::
 
-    path         file to read; relative paths resolve against the connector's
-                 ``base_dir`` (the working directory when none)        (required)
+    path         file to read, below the connector's root folder; relative
+                 paths resolve against the root                        (required)
     format       "csv" | "jsonl"; none: from the suffix (.csv, .jsonl, .ndjson)
     primary_key  field holding the record's remote id                 (default "id")
     page_size    records per page                                      (default 1000)
@@ -14,6 +14,15 @@ The cursor is ``"<byte offset>:<line number>"`` of the next unread line, so a re
 read seeks straight there (a CSV's header line is read again first) and never holds
 more than one page in memory. CSV values are strings; JSON-lines records keep their
 JSON types, and their ids are converted to strings.
+
+Paths are confined to the root folder (``SPINNER_FILES_ROOT``, by default
+``<data_dir>/files``): a path that resolves outside it (absolute, ``..``, a symlink
+leading out), a ``~`` path, anything under ``/proc``, ``/sys`` or ``/dev``, a file that
+is not a regular file (a device, a FIFO, a socket), and the engine's own database
+files (even when the root contains them) are refused with
+:class:`~enqueuer.errors.InvalidTableConfigError`. The check runs when a config is
+validated and again each time the file is opened, on the file actually opened, so a
+symlink swapped in between is caught too.
 """
 
 from __future__ import annotations
@@ -21,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import codecs
 import csv
+import errno
 import json
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+import stat
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -126,15 +137,22 @@ class FilesConnector:
 
     name = "files"
 
-    def __init__(self, *, base_dir: Path | None = None) -> None:
+    def __init__(self, root: Path | None, *, protected: Iterable[Path] = ()) -> None:
         """Create the connector.
 
         Args:
-            base_dir: when set, table paths resolve against it and must stay inside
-                it (a table config cannot read arbitrary files of the worker host).
+            root: the folder table paths resolve against and must stay inside; None
+                refuses every path (a table config cannot read the worker's files).
+            protected: files no table may read even inside ``root``: the engine's own
+                databases (their ``-wal``, ``-shm`` and ``-journal`` files included).
 
         """
-        self._base_dir = base_dir.resolve() if base_dir is not None else None
+        self._root = root.resolve() if root is not None else None
+        self._protected = tuple(
+            Path(os.path.abspath(f"{p}{suffix}"))
+            for p in protected
+            for suffix in ("", "-wal", "-shm", "-journal")
+        )
 
     def validate_config(self, config: Mapping[str, Any]) -> None:
         """Raise ``InvalidTableConfigError`` when ``config`` is not a valid files config."""
@@ -159,7 +177,8 @@ class FilesConnector:
 
         """
         cfg = parse_files_config(table.config, table.id)
-        reader = _FileReader(table.id, cfg, self._resolve(cfg, table.id))
+        path = self._resolve(cfg, table.id)
+        reader = _FileReader(table.id, cfg, path, lambda: self._open(path, table.id))
         position = _parse_cursor(table.id, cursor)
         header: list[str] | None = None
         while True:
@@ -175,16 +194,98 @@ class FilesConnector:
         """Nothing pooled: each page opens and closes the file."""
 
     def _resolve(self, cfg: FilesTableConfig, table_id: str | None) -> Path:
-        path = Path(cfg.path).expanduser()
-        if self._base_dir is None:
-            return path
-        resolved = (self._base_dir / path).resolve()
-        if not resolved.is_relative_to(self._base_dir):
-            where = f"table {table_id!r}: " if table_id else ""
+        """Return the confined, symlink-free path of ``cfg.path``, or refuse it."""
+        where = f"table {table_id!r}: file {cfg.path[:200]!r}"
+        if self._root is None:
             raise InvalidTableConfigError(
-                f"{where}file {cfg.path!r} is outside the connector's folder {self._base_dir}"
+                f"{where}: the files connector has no root folder; set SPINNER_FILES_ROOT"
             )
+        if cfg.path.startswith("~"):
+            raise InvalidTableConfigError(
+                f"{where}: '~' is not expanded; give a path relative to the files root"
+            )
+        if "\x00" in cfg.path:
+            raise InvalidTableConfigError(f"{where}: a path cannot hold a NUL character")
+        resolved = (self._root / cfg.path).resolve()
+        self._check_place(resolved, where)
+        try:
+            info = os.stat(resolved)
+        except OSError:
+            return resolved  # not there yet: reading it will say "not found"
+        self._check_file(info, where)
         return resolved
+
+    def _check_place(self, resolved: Path, where: str) -> None:
+        root = self._root
+        assert root is not None
+        if not resolved.is_relative_to(root):
+            raise InvalidTableConfigError(
+                f"{where} is outside the files root {root}; put the file below it "
+                "(SPINNER_FILES_ROOT) and give its path relative to it"
+            )
+        if any(resolved.is_relative_to(system) for system in _SYSTEM_TREES):
+            raise InvalidTableConfigError(f"{where} is a system file; files tables read data files")
+        if resolved in self._protected:
+            raise InvalidTableConfigError(
+                f"{where} is one of the engine's own database files; tables cannot read it"
+            )
+
+    def _check_file(self, info: os.stat_result, where: str) -> None:
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise InvalidTableConfigError(
+                f"{where} is {kind}; give the path of a CSV or JSONL file"
+            )
+        # A hard link to a database file has another name but the same inode.
+        for protected in self._protected:
+            try:
+                other = os.stat(protected)
+            except OSError:
+                continue
+            if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+                raise InvalidTableConfigError(
+                    f"{where} is one of the engine's own database files; tables cannot read it"
+                )
+
+    def _open(self, path: Path, table_id: str) -> IO[bytes]:
+        """Open ``path`` for reading after checking, again, what it is and where it leads.
+
+        A store's database must never be opened here: closing any descriptor of a
+        file drops the process's POSIX locks on it, and SQLite's locks are those. So
+        its inode is checked before the open, and the opened file again after.
+        """
+        where = f"table {table_id!r}: file {str(path)!r}"
+        self._check_file(os.stat(path), where)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InvalidTableConfigError(
+                    f"{where} became a symlink after it was checked; fix the files root"
+                ) from None
+            raise
+        try:
+            self._check_file(os.fstat(fd), where)
+            opened = _opened_path(fd)
+            if opened is not None:
+                self._check_place(opened, where)
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+_SYSTEM_TREES = tuple(Path(p) for p in ("/proc", "/sys", "/dev"))
+
+
+def _opened_path(fd: int) -> Path | None:
+    """The path the kernel says ``fd`` was opened at (Linux), all symlinks followed."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
 
 
 def _parse_cursor(table_id: str, cursor: str | None) -> _Position | None:
@@ -206,16 +307,19 @@ def _parse_cursor(table_id: str, cursor: str | None) -> _Position | None:
 class _FileReader:
     """Blocking page reads of one table's file (run in a worker thread)."""
 
-    def __init__(self, table_id: str, cfg: FilesTableConfig, path: Path) -> None:
+    def __init__(
+        self, table_id: str, cfg: FilesTableConfig, path: Path, opener: Callable[[], IO[bytes]]
+    ) -> None:
         self.table_id = table_id
         self.cfg = cfg
         self.path = path
+        self.open = opener
         self.format = cfg.file_format
 
     def read_page(self, start: _Position | None, header: list[str] | None) -> _Chunk:
         """Read up to ``page_size`` records from ``start`` (``None``: the first record)."""
         try:
-            with self.path.open("rb") as file:
+            with self.open() as file:
                 size = os.fstat(file.fileno()).st_size
                 if self.format == "csv" and header is None:
                     header, after_header = self._csv_header(file)

@@ -32,31 +32,68 @@ from the last cursor.
 Credentials come from the table's :class:`~enqueuer.models.ConnectorAccount` only,
 and are sent only to the origin (scheme, host, port) of ``base_url``: a next link or
 a redirect to another host gets neither the credentials nor the configured headers.
+A config whose ``headers`` carry a credential is refused (see
+:mod:`connectors.http_config`).
+
+Sources are confined: only http and https, and only public addresses unless the
+connector was given ``allowed_networks`` (``SPINNER_HTTP_ALLOWED_NETWORKS``). The
+address check runs on every connection the client opens, so it covers the first URL,
+each redirect hop, each next link and a resumed cursor alike (see
+:mod:`connectors.http_guard`).
+
+Pages that cycle fail the table with :class:`~enqueuer.errors.PaginationCycleError`:
+a next URL or cursor token seen before in this read, or a page whose records are the
+same, in the same order, as those of the page before (a source that ignores the
+offset or page parameter).
+
+Error messages carry the status and its standard reason, at most a short excerpt of
+a body (control characters removed), and never the account's secret or a configured
+header value.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import importlib.util
 import math
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import httpx
 import orjson
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.base import Page, ReadContext, RecordRow
+from connectors.http_config import (
+    ACCOUNT_HINT,
+    CursorPaginator,
+    HeaderLinkPaginator,
+    HttpTableConfig,
+    JsonLinkPaginator,
+    OffsetPaginator,
+    PageNumberPaginator,
+    parse_http_config,
+)
+from connectors.http_guard import (
+    AddressPolicy,
+    GuardedTransport,
+    IPNetwork,
+    Resolver,
+    literal_address,
+    system_resolver,
+)
 from enqueuer.errors import (
     InvalidTableConfigError,
+    PaginationCycleError,
     PermanentSourceError,
+    SourceAddressRefusedError,
     SourceAuthError,
     SourceNotFoundError,
     SourceRequestError,
@@ -69,154 +106,8 @@ log = structlog.get_logger(__name__)
 _USER_AGENT = "spinner-jobs/0.1 (+httpx)"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
-_BODY_EXCERPT = 200
-
-
-# --- configuration ---------------------------------------------------------------------
-
-
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class JsonLinkPaginator(_Config):
-    """The body holds the URL of the next page (absent, null or empty on the last)."""
-
-    type: Literal["json_link"]
-    next_url_path: str = Field("next", min_length=1, description="Dotted path of the next URL.")
-
-
-class HeaderLinkPaginator(_Config):
-    """An RFC 8288 ``Link`` header holds the URL of the next page."""
-
-    type: Literal["header_link"]
-    links_next_key: str = Field("next", min_length=1, description="The ``rel`` of the link.")
-
-
-class CursorPaginator(_Config):
-    """The body holds a token that is sent back as a query parameter."""
-
-    type: Literal["cursor"]
-    cursor_path: str = Field(
-        "cursors.next", min_length=1, description="Dotted path of the token in the body."
-    )
-    cursor_param: str = Field("cursor", min_length=1, description="Query parameter carrying it.")
-
-
-class OffsetPaginator(_Config):
-    """``offset``/``limit`` query parameters.
-
-    Stops when the body's total (``total_path``) is reached or, with no total, on a
-    page shorter than ``limit``.
-    """
-
-    type: Literal["offset"]
-    limit: int = Field(ge=1, description="Records asked for per page.")
-    offset: int = Field(0, ge=0, description="Offset of the first page.")
-    offset_param: str = Field("offset", min_length=1)
-    limit_param: str = Field("limit", min_length=1)
-    total_path: str | None = Field(None, description="Dotted path of the total record count.")
-
-
-class PageNumberPaginator(_Config):
-    """A page-number query parameter.
-
-    Stops on an empty page, on the body's page count (``total_pages_path``) or, with
-    none and a known ``page_size``, on a page shorter than it.
-    """
-
-    type: Literal["page_number"]
-    base_page: int = Field(1, ge=0, description="Number of the first page.")
-    page_param: str = Field("page", min_length=1)
-    page_size_param: str | None = Field(None, description="Query parameter for the page size.")
-    page_size: int | None = Field(None, ge=1, description="Records per page (sent if a param).")
-    total_pages_path: str | None = Field(None, description="Dotted path of the page count.")
-
-    @model_validator(mode="after")
-    def _size_with_param(self) -> PageNumberPaginator:
-        if self.page_size_param and self.page_size is None:
-            raise ValueError("page_size_param needs page_size")
-        return self
-
-
-class SinglePagePaginator(_Config):
-    """One request answers every record."""
-
-    type: Literal["single_page"]
-
-
-Paginator = Annotated[
-    JsonLinkPaginator
-    | HeaderLinkPaginator
-    | CursorPaginator
-    | OffsetPaginator
-    | PageNumberPaginator
-    | SinglePagePaginator,
-    Field(discriminator="type"),
-]
-
-
-class HttpTableConfig(_Config):
-    """Validated configuration of an ``http`` table (see the module docstring)."""
-
-    base_url: str = Field(min_length=8)
-    path: str = ""
-    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    headers: dict[str, str] = Field(default_factory=dict)
-    data_selector: str | None = None
-    primary_key: str = Field("id", min_length=1)
-    paginator: Paginator
-    requests_per_second: float | None = Field(None, gt=0)
-    timeout: float = Field(30.0, gt=0, description="Seconds per request.")
-    max_request_retries: int = Field(5, ge=0, le=50)
-    retry_backoff: float = Field(0.2, ge=0, description="First retry delay, doubled per retry.")
-    retry_backoff_max: float = Field(10.0, ge=0, description="Cap of the retry delay.")
-    max_retry_after: float = Field(
-        120.0,
-        ge=0,
-        description="Longest Retry-After honoured in the connector; longer waits are left "
-        "to the job's retry policy.",
-    )
-
-    @field_validator("paginator", mode="before")
-    @classmethod
-    def _shorthand(cls, value: object) -> object:
-        # dlt accepts a bare paginator name; so do we.
-        return {"type": value} if isinstance(value, str) else value
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an absolute http(s) URL")
-        return value
-
-    @property
-    def endpoint(self) -> str:
-        """``base_url`` joined with ``path``."""
-        if not self.path:
-            return self.base_url
-        return f"{self.base_url.rstrip('/')}/{self.path.lstrip('/')}"
-
-
-def parse_http_config(config: Mapping[str, Any], table_id: str | None = None) -> HttpTableConfig:
-    """Validate ``config`` as an http table config.
-
-    Raises:
-        InvalidTableConfigError: naming the table and each bad field (never its value,
-            which may hold a token).
-
-    """
-    try:
-        return HttpTableConfig.model_validate(dict(config))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors(include_url=False, include_input=False)
-        )
-        where = f"table {table_id!r}: " if table_id else ""
-        raise InvalidTableConfigError(f"{where}invalid http table config: {problems}") from None
+_EXCERPT = 80  # longest piece of source-controlled text (a body, a path) in a message
+_SCHEMES = ("http://", "https://")
 
 
 # --- the connector -----------------------------------------------------------------------
@@ -227,13 +118,24 @@ class HttpConnector:
 
     name = "http"
 
-    def __init__(self, *, max_connections: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int = 32,
+        allowed_networks: Iterable[IPNetwork | str] = (),
+        resolver: Resolver = system_resolver,
+    ) -> None:
         """Create the connector; the HTTP client opens on first use.
 
         Args:
             max_connections: pool size shared by every table read through this instance.
+            allowed_networks: networks reachable besides public addresses, e.g.
+                ``127.0.0.0/8`` for a source on this machine (default: none).
+            resolver: the host-name lookup of each new connection (the system's).
 
         """
+        self._policy = AddressPolicy(allowed_networks)
+        self._resolver = resolver
         self._limits = httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
@@ -244,8 +146,12 @@ class HttpConnector:
         self._limiters: dict[tuple[str, float], _RateLimiter] = {}
 
     def validate_config(self, config: Mapping[str, Any]) -> None:
-        """Raise ``InvalidTableConfigError`` when ``config`` is not a valid http config."""
-        parse_http_config(config)
+        """Raise ``InvalidTableConfigError`` when ``config`` is not a valid http config.
+
+        A ``base_url`` naming a literal address the connector may not reach is refused
+        here; host names are checked when connections are made.
+        """
+        self._check_literal_host(parse_http_config(config), None)
 
     async def pages(
         self,
@@ -270,6 +176,7 @@ class HttpConnector:
 
         """
         cfg = parse_http_config(table.config, table.id)
+        self._check_literal_host(cfg, table.id)
         reader = _TableReader(
             table_id=table.id,
             cfg=cfg,
@@ -293,6 +200,18 @@ class HttpConnector:
                 pending.cancel()
                 pending.add_done_callback(_consume_outcome)
 
+    def _check_literal_host(self, cfg: HttpTableConfig, table_id: str | None) -> None:
+        address = literal_address(httpx.URL(cfg.base_url).host)
+        if address is None:
+            return
+        try:
+            self._policy.check(str(address), [address])
+        except SourceAddressRefusedError as exc:
+            where = f"table {table_id!r}: " if table_id else ""
+            raise InvalidTableConfigError(
+                f"{where}invalid http table config: base_url: {exc}"
+            ) from None
+
     async def aclose(self) -> None:
         """Close the pooled client (a later read opens a new one)."""
         client, self._client = self._client, None
@@ -307,7 +226,10 @@ class HttpConnector:
             _remember_missing_sniffio()
             self._client_loop = loop
             self._client = httpx.AsyncClient(
-                limits=self._limits,
+                transport=GuardedTransport(
+                    self._policy, limits=self._limits, resolver=self._resolver
+                ),
+                trust_env=False,  # nothing from the environment (proxies, certificates)
                 follow_redirects=False,  # followed by hand, so credentials stay on origin
                 headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
             )
@@ -391,30 +313,48 @@ class _TableReader:
         self.client = client
         self.limiter = limiter
         self.pager = cfg.paginator
-        self.secret = (
-            account.secret.get_secret_value() if account and account.auth != "none" else ""
-        )
+        secret = _secret_of(account) if account and account.auth != "none" else ""
         auth: dict[str, str] = {}
         if account is not None and account.auth == "bearer":
-            auth["Authorization"] = f"Bearer {self.secret}"
+            auth["Authorization"] = f"Bearer {secret}"
         elif account is not None and account.auth == "api_key":
-            auth[account.header] = self.secret
+            header = account.header.lower()
+            if any(name.lower() == header for name in cfg.headers):
+                raise InvalidTableConfigError(
+                    f"table {table_id!r}: invalid http table config: headers: header "
+                    f"{account.header!r} is the account's api_key header; {ACCOUNT_HINT}"
+                )
+            auth[account.header] = secret
         self.origin_headers = {**cfg.headers, **auth}
+        # Never shown in a message: the secret and every configured header value.
+        self.hidden = sorted(
+            {v for v in (secret, *cfg.headers.values()) if len(v) >= 4}, key=len, reverse=True
+        )
         self.origin = _origin(httpx.URL(cfg.base_url))
         self.selector = _split_path(cfg.data_selector)
         self.pk = cfg.primary_key
         self._paths: dict[str, tuple[str, ...]] = {}
+        # Cycle detection: digests of every next URL / cursor token requested in this
+        # read, the page count, and the record ids of the page before.
+        self._seen: set[bytes] = set()
+        self._pages = 0
+        self._previous_keys: list[Any] | None = None
 
     # --- paging rules ---
 
     def first_request(self, cursor: str | None) -> _Request:
         """Return the request a read starting at ``cursor`` begins with."""
+        req = self._first_request(cursor)
+        self._first_time(req.cursor)
+        return req
+
+    def _first_request(self, cursor: str | None) -> _Request:
         pager, endpoint = self.pager, self.cfg.endpoint
         params = dict(self.cfg.params)
         if isinstance(pager, JsonLinkPaginator | HeaderLinkPaginator):
             if not cursor:
                 return _Request(endpoint, params, "")
-            if not cursor.startswith(("http://", "https://")):
+            if not cursor.startswith(_SCHEMES):
                 raise self._bad_cursor(cursor, "a next-page URL")
             return _Request(cursor, None, cursor)
         if isinstance(pager, CursorPaginator):
@@ -454,8 +394,8 @@ class _TableReader:
             if not isinstance(token, str | int | float):
                 raise self._body_error(req, f"cursor at {pager.cursor_path!r} is not a token")
             token = str(token)
-            if token == req.cursor:
-                raise self._body_error(req, f"cursor at {pager.cursor_path!r} did not advance")
+            if not self._first_time(token):
+                raise self._cycle(f"cursor {_excerpt(token, 40)!r} repeated", "cursor_path")
             params = dict(self.cfg.params)
             params[pager.cursor_param] = token
             return _Request(req.url, params, token)
@@ -494,23 +434,65 @@ class _TableReader:
         if not link:
             return None
         # Most APIs send absolute links; httpx's URL join is a measurable part of a page.
-        url = link if link.startswith(("http://", "https://")) else str(response.url.join(link))
-        if url == str(response.url) or url == req.cursor:
-            raise self._body_error(req, "the next link points at the page just read")
+        url = link if link.startswith(_SCHEMES) else str(response.url.join(link))
+        if not url.startswith(_SCHEMES):
+            raise self._body_error(req, "the next link is not an http(s) URL")
+        if not self._first_time(url):
+            setting = (
+                "next_url_path" if isinstance(self.pager, JsonLinkPaginator) else "links_next_key"
+            )
+            raise self._cycle(f"next URL {self._shown_path(url)} repeated", setting)
         return _Request(url, None, url)
 
     # --- fetching ---
 
     async def read(self, req: _Request) -> tuple[list[RecordRow], _Request | None]:
-        """Fetch one page: its records and the request for the page after it."""
+        """Fetch one page: its records and the request for the page after it.
+
+        Raises:
+            PaginationCycleError: the page repeats the one before, or the next URL or
+                cursor was already requested in this read.
+
+        """
         response, body = await self.fetch(req)
+        if req.cursor == "" and isinstance(self.pager, JsonLinkPaginator | HeaderLinkPaginator):
+            # The first page's own URL, so a next link back to it is a repeat too.
+            self._first_time(str(response.url))
         items = body if not self.selector else _dig(body, self.selector)
         if not isinstance(items, list):
             where = f"data_selector {self.cfg.data_selector!r}" if self.selector else "the body"
             raise self._body_error(
                 req, f"records at {where} are not a list (got {_json_kind(items)})"
             )
-        return self._records(req, items), self.next_request(req, response, body, len(items))
+        self._pages += 1
+        records = self._records(req, items)
+        return records, self.next_request(req, response, body, len(items))
+
+    def _first_time(self, key: str) -> bool:
+        """Remember ``key`` (a URL or token); False when it was seen before in this read."""
+        if not key:
+            return True
+        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        if digest in self._seen:
+            return False
+        self._seen.add(digest)
+        return True
+
+    def _check_repeat(self, keys: list[Any]) -> None:
+        previous, self._previous_keys = self._previous_keys, keys
+        if keys and keys == previous:
+            setting = {
+                "json_link": "next_url_path",
+                "header_link": "links_next_key",
+                "cursor": "cursor_path",
+                "offset": "offset_param",
+                "page_number": "page_param",
+            }.get(self.pager.type, "type")
+            raise self._cycle(
+                f"page {self._pages} has the same {len(keys)} records as the page before "
+                "(the source may ignore the paging parameter)",
+                setting,
+            )
 
     def _records(self, req: _Request, items: list[Any]) -> list[RecordRow]:
         pk = self.pk
@@ -524,6 +506,7 @@ class _TableReader:
                     raise self._body_error(req, f"record {index} is not an object")
                 if item.get(pk) is None:
                     raise self._body_error(req, f"record {index} has no primary key {pk!r}")
+        self._check_repeat(keys)
         # Bare tuples, not Record(...): a NamedTuple's constructor is a tenth of this
         # path's CPU at a thousand records a page.
         return [(str(key), item) for key, item in zip(keys, items, strict=True)]
@@ -539,9 +522,14 @@ class _TableReader:
             delay: float | None = None
             try:
                 response = await self._get_following_redirects(req)
+            except SourceAddressRefusedError as exc:
+                self.log.warning("source_address_refused", error=str(exc))
+                raise SourceAddressRefusedError(
+                    f"table {self.table_id!r}: GET {self._shown_path(req.url)} refused: {exc}"
+                ) from None
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
                 raise SourceRequestError(
-                    f"table {self.table_id!r}: cannot send GET {_path_of(req.url)}: "
+                    f"table {self.table_id!r}: cannot send GET {self._shown_path(req.url)}: "
                     f"{self._redact(exc)}; check base_url, path and headers"
                 ) from None
             except (httpx.TransportError, httpx.DecodingError) as exc:
@@ -556,13 +544,13 @@ class _TableReader:
                         # Mostly a body cut short; a retry gets it whole.
                         last = f"{status} with an invalid JSON body ({exc})"
                 elif status in (408, 429) or status >= 500:
-                    last = f"{status} {response.reason_phrase}"
+                    last = f"{status} {_reason(status)}"
                     delay = _retry_after(response.headers.get("retry-after"))
                     if delay is not None and delay > cfg.max_retry_after:
                         raise SourceUnavailableError(
                             f"table {self.table_id!r}: source answered {last} for GET "
-                            f"{_path_of(req.url)} and asks to wait {delay:.0f}s, longer than "
-                            f"max_retry_after ({cfg.max_retry_after:.0f}s); "
+                            f"{self._shown_path(req.url)} and asks to wait {delay:.0f}s, "
+                            f"longer than max_retry_after ({cfg.max_retry_after:.0f}s); "
                             "the job's retry policy will try again later"
                         )
                 else:
@@ -583,8 +571,9 @@ class _TableReader:
             await asyncio.sleep(delay)
         self.log.warning("source_request_gave_up", error=last, attempts=attempts)
         raise SourceUnavailableError(
-            f"table {self.table_id!r}: source unavailable for GET {_path_of(req.url)} after "
-            f"{attempts} attempts (last: {last}); the job's retry policy will try again"
+            f"table {self.table_id!r}: source unavailable for GET "
+            f"{self._shown_path(req.url)} after {attempts} attempts (last: {last}); "
+            "the job's retry policy will try again"
         )
 
     async def _get_following_redirects(self, req: _Request) -> httpx.Response:
@@ -599,9 +588,14 @@ class _TableReader:
             if response.status_code not in _REDIRECTS or not location:
                 return response
             url, params = str(response.url.join(location)), None
+            if not url.startswith(_SCHEMES):
+                raise SourceRequestError(
+                    f"table {self.table_id!r}: GET {self._shown_path(req.url)} redirects to a "
+                    "URL that is not http(s); check base_url"
+                )
         raise SourceRequestError(
             f"table {self.table_id!r}: more than {_MAX_REDIRECTS} redirects for GET "
-            f"{_path_of(req.url)}; check base_url"
+            f"{self._shown_path(req.url)}; check base_url"
         )
 
     # --- errors ---
@@ -615,19 +609,33 @@ class _TableReader:
             error, advice = SourceNotFoundError, "check base_url and path; the table may be gone"
         else:
             error, advice = SourceRequestError, "check the table's params and headers"
-        # Redact before cutting, so no partial secret survives at the cut.
-        excerpt = self._redact(response.text)[:_BODY_EXCERPT].strip()
-        detail = f" (body: {excerpt})" if excerpt else ""
+        # The standard reason, not the source's own phrase (the source chooses that
+        # text); and of the body a short excerpt only, hidden values removed first so
+        # no partial secret survives at the cut.
+        excerpt = _excerpt(self._redact(response.text), _EXCERPT)
+        detail = f" (body starts: {excerpt})" if excerpt else ""
         return error(
-            f"table {self.table_id!r}: source answered {status} {response.reason_phrase} "
-            f"for GET {_path_of(req.url)}; {advice}{detail}"
+            f"table {self.table_id!r}: source answered {status} {_reason(status)} "
+            f"for GET {self._shown_path(req.url)}; {advice}{detail}"
         )
 
     def _body_error(self, req: _Request, problem: str) -> SourceRequestError:
         return SourceRequestError(
-            f"table {self.table_id!r}: {problem} in the answer to GET {_path_of(req.url)}; "
+            f"table {self.table_id!r}: {problem} in the answer to GET {self._shown_path(req.url)}; "
             "check data_selector, primary_key and paginator"
         )
+
+    def _cycle(self, problem: str, setting: str) -> PaginationCycleError:
+        self.log.warning("source_pagination_cycle", pages=self._pages, paginator=self.pager.type)
+        return PaginationCycleError(
+            f"table {self.table_id!r}: {self.pager.type} paginator: {problem} after "
+            f"{self._pages} pages; check paginator.{setting}"
+        )
+
+    def _shown_path(self, url: str) -> str:
+        # The path only (query strings can carry tokens a user put into params), cut
+        # short: a next link's path is chosen by the source.
+        return _excerpt(self._redact(_path_of(url)), _EXCERPT)
 
     def _bad_cursor(self, cursor: str, expected: str) -> InvalidTableConfigError:
         return InvalidTableConfigError(
@@ -663,7 +671,9 @@ class _TableReader:
 
     def _redact(self, text: object) -> str:
         message = str(text)
-        return message.replace(self.secret, "***") if self.secret else message
+        for value in self.hidden:
+            message = message.replace(value, "***")
+        return message
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -714,8 +724,26 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
 
 
 def _path_of(url: str) -> str:
-    # The path only: query strings can carry tokens a user put into params.
-    return httpx.URL(url).path or "/"
+    try:
+        return httpx.URL(url).path or "/"
+    except httpx.InvalidURL:
+        return "(an invalid URL)"
+
+
+def _excerpt(text: str, limit: int) -> str:
+    """``text`` on one line, control characters dropped, at most ``limit`` characters."""
+    cleaned = " ".join("".join(c if c.isprintable() else " " for c in text[: limit * 4]).split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def _reason(status: int) -> str:
+    return httpx.codes.get_reason_phrase(status) or "(no standard reason)"
+
+
+def _secret_of(account: ConnectorAccount) -> str:
+    secret: Any = account.secret
+    # Accounts may hold their secret as a pydantic SecretStr.
+    return str(secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from connectors.base import Connector
@@ -42,13 +43,26 @@ class ConnectorRegistry:
             await connector.aclose()
 
 
-def default_connectors(files_root: Path | None = None) -> ConnectorRegistry:
+def default_connectors(
+    files_root: Path | None = None,
+    http_allowed_networks: Iterable[IPv4Network | IPv6Network | str] = (),
+    *,
+    protected_files: Iterable[Path] = (),
+) -> ConnectorRegistry:
     """Return the built-in connectors: demo, http, files.
 
     Args:
-        files_root: folder the ``files`` connector may read below; None: anywhere the
-            process can read (table configs are then fully trusted).
+        files_root: folder the ``files`` connector reads below (``Settings.files_root_path``);
+            None: the ``files`` connector refuses every path.
+        http_allowed_networks: networks the ``http`` connector may reach besides public
+            addresses (``SPINNER_HTTP_ALLOWED_NETWORKS``), e.g. ``127.0.0.0/8``.
+        protected_files: the engine's own database files (``Settings.store_files``),
+            never readable by a ``files`` table.
     """
     return ConnectorRegistry(
-        [DemoConnector(), HttpConnector(), FilesConnector(base_dir=files_root)]
+        [
+            DemoConnector(),
+            HttpConnector(allowed_networks=http_allowed_networks),
+            FilesConnector(files_root, protected=protected_files),
+        ]
     )

@@ -246,6 +246,7 @@ class SampleApi:
         self._max_page_size = max_page_size
         self._cache_budget = cache_bytes
         self._lock = threading.Lock()
+        self._logged = threading.Condition(self._lock)
         self._tables: dict[str, _TableState] = {}
         self._versions = 0
         for name, table in tables.items():
@@ -385,6 +386,21 @@ class SampleApi:
         with self._lock:
             return list(self._log)
 
+    def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[LoggedRequest]:
+        """Block until ``count`` requests are logged; return the log.
+
+        Raises:
+            TimeoutError: fewer were logged within ``timeout`` seconds (says how many).
+
+        """
+        with self._logged:
+            if not self._logged.wait_for(lambda: len(self._log) >= count, timeout):
+                raise TimeoutError(
+                    f"{len(self._log)} requests logged after {timeout}s, waiting for {count}: "
+                    f"{[(r.path, r.query, r.status) for r in self._log]}"
+                )
+            return list(self._log)
+
     def clear_requests(self) -> None:
         """Empty the request log."""
         with self._lock:
@@ -431,6 +447,7 @@ class SampleApi:
                     handler.command, split.path, query, headers, answer.status, arrived, table
                 )
             )
+            self._logged.notify_all()
         _write(handler, answer)
 
     def _take_fault(self, table: str) -> Fault | None:

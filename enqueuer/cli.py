@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from enum import StrEnum
+from ipaddress import ip_network
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -197,6 +198,9 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
     from worker.main import build_worker, tune_gc, worker_resources
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # The sample source listens on loopback, which connectors reach only when allowed.
+    loopback = (*settings.http_allowed_networks, ip_network("127.0.0.0/8"))
+    settings = settings.model_copy(update={"http_allowed_networks": loopback})
     # Logs go to a file so the progress bars stay readable.
     log_path = settings.data_dir / "demo.log"
     log_file = open(log_path, "a")  # noqa: SIM115, ASYNC230

@@ -106,7 +106,11 @@ class Enqueuer:
             from connectors.registry import default_connectors
             from enqueuer.backends.inprocess import InProcessBackend
 
-            connectors = default_connectors(settings.files_root)
+            connectors = default_connectors(
+                settings.files_root_path,
+                settings.http_allowed_networks,
+                protected_files=settings.store_files,
+            )
             webhook, http = open_webhook(settings.webhook)
             if http is not None:
                 owned.append(http)

@@ -232,6 +232,14 @@ class InvalidTableConfigError(PermanentSourceError):
     """The table's connector configuration is invalid."""
 
 
+class SourceAddressRefusedError(PermanentSourceError):
+    """A source URL leads to an address connectors may not reach (private, loopback, ...)."""
+
+
+class PaginationCycleError(SourceRequestError):
+    """The source's pages repeat (a next URL, a cursor, or a whole page came back)."""
+
+
 class TableGoneError(PermanentSourceError):
     """The table was removed from the catalog while the job was queued."""
 

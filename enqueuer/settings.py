@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServiceType(StrEnum):
@@ -145,7 +146,12 @@ class Settings(BaseSettings):
     )
     files_root: Path | None = Field(
         None,
-        description="Folder the files connector may read below; unset: any readable path.",
+        description="Folder the files connector may read below; unset: <data_dir>/files.",
+    )
+    http_allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated CIDRs the http connector may reach besides public "
+        "addresses, e.g. 127.0.0.0/8,10.0.0.0/8; empty: public addresses only.",
     )
     enqueue_timeout: timedelta = Field(
         timedelta(seconds=5), description="Longest enqueue call, server connection included."
@@ -171,6 +177,26 @@ class Settings(BaseSettings):
         "travel as plain JSON. Clients and workers must share them.",
     )
 
+    @field_validator("http_allowed_networks", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        parts = value.split(",") if isinstance(value, str) else value
+        if not isinstance(parts, list | tuple):
+            return value
+        networks: list[IPv4Network | IPv6Network] = []
+        for part in parts:
+            if isinstance(part, IPv4Network | IPv6Network):
+                networks.append(part)
+            elif str(part).strip():
+                try:
+                    networks.append(ip_network(str(part).strip()))
+                except ValueError:
+                    raise ValueError(
+                        f"{str(part).strip()!r} is not a network in CIDR form; write e.g. "
+                        "127.0.0.0/8,10.0.0.0/8 (host bits zero)"
+                    ) from None
+        return tuple(networks)
+
     @classmethod
     def load(cls, **overrides: object) -> Settings:
         """Build settings from the environment, with explicit overrides on top."""
@@ -180,3 +206,16 @@ class Settings(BaseSettings):
     def store_url(self) -> str:
         """The snapshot store URL, defaulting to a SQLite file under ``data_dir``."""
         return self.database_url or f"sqlite:///{self.data_dir / 'spinner.db'}"
+
+    @property
+    def files_root_path(self) -> Path:
+        """The folder the files connector reads below: ``files_root`` or ``data_dir/files``."""
+        return self.files_root if self.files_root is not None else self.data_dir / "files"
+
+    @property
+    def store_files(self) -> tuple[Path, ...]:
+        """The engine's own database files, which no table may read, whatever the root."""
+        files = [self.data_dir / "temporal.db"]
+        if self.store_url.startswith("sqlite:///"):
+            files.append(Path(self.store_url.removeprefix("sqlite:///")))
+        return tuple(files)

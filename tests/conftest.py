@@ -78,6 +78,7 @@ def settings(tmp_path: Path, task_queue: str) -> Settings:
     """Settings for tests: fast retries, a private data folder and task queue."""
     return Settings(
         data_dir=tmp_path,
+        http_allowed_networks="127.0.0.0/8",  # the tests' sources listen on loopback
         temporal={"task_queue": task_queue},
         retry={
             "initial_interval": timedelta(milliseconds=100),
@@ -118,7 +119,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]
 @pytest.fixture
 async def connectors() -> AsyncIterator[ConnectorRegistry]:
     """The built-in connectors (their HTTP pools closed after the test)."""
-    registry = default_connectors()
+    registry = default_connectors(http_allowed_networks=["127.0.0.0/8"])  # loopback sources
     yield registry
     await registry.aclose()
 

@@ -85,6 +85,7 @@ async def test_sigkilled_worker_is_replaced_and_the_table_resumes_exactly(
         "SPINNER_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "SPINNER_TEMPORAL_TASK_QUEUE": settings.temporal.task_queue,
         "SPINNER_DATABASE_URL": f"sqlite:///{db}",
+        "SPINNER_HTTP_ALLOWED_NETWORKS": "127.0.0.0/8",
         "SPINNER_LOG_FORMAT": "json",
         "SPINNER_JOBS_PROGRESS_INTERVAL": "PT0.2S",
     }

@@ -27,13 +27,14 @@ from enqueuer.errors import (
 from enqueuer.models import ConnectorAccount, Table
 
 TABLE_ID = "tbl_customers"
+LOOPBACK = ["127.0.0.0/8"]  # the sample API listens on loopback: opened on purpose
 SECRET = "s3cr3t-token-value"
 FAST = {"retry_backoff": 0.01, "retry_backoff_max": 0.05}
 
 
 @pytest.fixture
 async def connector() -> AsyncIterator[HttpConnector]:
-    conn = HttpConnector()
+    conn = HttpConnector(allowed_networks=LOOPBACK)
     yield conn
     await conn.aclose()
 
@@ -152,16 +153,34 @@ async def test_offset_trusts_the_total_over_a_capped_page_size(connector: HttpCo
         assert ids(await read_pages(connector, config)) == api.record_ids("t")
 
 
+def prefetches() -> list[asyncio.Task[Any]]:
+    """The connector's page reads running in their own tasks (the prefetch)."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == "_TableReader.read"
+    ]
+
+
 async def test_stopping_early_cancels_the_prefetched_page(
     connector: HttpConnector, api: SampleApi
 ) -> None:
+    # The second page answers slowly, so its prefetch is still in flight when the
+    # caller stops after the first.
+    api.inject(Fault(status=None, delay=1.0, table="json_link", skip=1))
     gen = connector.pages(make_table(api.config("json_link")), None, None, ReadContext("job_1"))
     assert isinstance(gen, AsyncGenerator)
     first = await anext(gen)
-    await gen.aclose()
     assert len(first.records) == 1000
-    await asyncio.sleep(0.05)
-    assert len(api.requests) <= 2
+    [prefetch] = prefetches()
+    assert not prefetch.done()
+    await gen.aclose()
+    # Asked to cancel at once (no waiting on the clock to observe it) ...
+    assert prefetch.cancelling() or prefetch.cancelled()
+    # ... and cancelled, not finished: the slow answer was never read.
+    done, _ = await asyncio.wait([prefetch], timeout=30)
+    assert done == {prefetch}
+    assert prefetch.cancelled()
 
 
 async def test_bad_cursors_are_config_errors(connector: HttpConnector, api: SampleApi) -> None:
@@ -258,11 +277,8 @@ async def test_a_timeout_is_retried(connector: HttpConnector, api: SampleApi) ->
     pages = await read_pages(connector, api.config("cursor", timeout=0.2, **FAST))
     assert ids(pages) == api.record_ids("cursor")
     # The slow answer is logged once the server gives up sleeping on it.
-    for _ in range(40):
-        if len(api.requests) == 4:
-            break
-        await asyncio.sleep(0.05)
-    assert [r.query.get("cursor") is None for r in api.requests] == [True, False, False, True]
+    logged = await asyncio.to_thread(api.wait_for_requests, 4)
+    assert [r.query.get("cursor") is None for r in logged] == [True, False, False, True]
 
 
 async def test_an_unreachable_source_is_unavailable(connector: HttpConnector) -> None:
@@ -446,7 +462,7 @@ async def test_invalid_config_names_the_table_and_field(
 
 
 def test_the_default_registry_has_http_and_files() -> None:
-    registry = default_connectors()
+    registry = default_connectors(http_allowed_networks=LOOPBACK)
     assert {"demo", "http", "files"} <= set(registry.names)
     registry.get("http").validate_config(
         {"base_url": "https://api.example.com", "paginator": {"type": "json_link"}}

@@ -90,7 +90,11 @@ async def worker_resources(
     """Open the store, connectors and webhook client a worker needs; close them after."""
     own_store = store is None
     store = store or open_store(settings.store_url, secret_key=settings.secret_key)
-    connectors = default_connectors(settings.files_root)
+    connectors = default_connectors(
+        settings.files_root_path,
+        settings.http_allowed_networks,
+        protected_files=settings.store_files,
+    )
     webhook, http = open_webhook(settings.webhook)
     try:
         yield store, connectors, webhook

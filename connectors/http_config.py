@@ -1,0 +1,186 @@
+"""The ``http`` table config: its fields, paginators, and what a config may not carry.
+
+See :mod:`connectors.http` for what each field does. A config is user input: it may
+not name a non-http(s) URL, a literal address connectors may not reach, or a header
+that carries a credential (credentials belong in connector accounts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from enqueuer.errors import InvalidTableConfigError
+
+ACCOUNT_HINT = (
+    "table configs never hold secrets: create a connector account "
+    "(`spinner-jobs account create ID --org ORG --auth bearer`) and set the table's account_id"
+)
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_CREDENTIAL_WORDS = ("apikey", "api-key", "api_key", "token", "secret", "password", "session")
+
+
+def is_credential_header(name: str) -> bool:
+    """Whether a header called ``name`` carries a credential (case-insensitive)."""
+    lowered = name.strip().lower()
+    return lowered in _CREDENTIAL_HEADERS or any(word in lowered for word in _CREDENTIAL_WORDS)
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JsonLinkPaginator(_Config):
+    """The body holds the URL of the next page (absent, null or empty on the last)."""
+
+    type: Literal["json_link"]
+    next_url_path: str = Field("next", min_length=1, description="Dotted path of the next URL.")
+
+
+class HeaderLinkPaginator(_Config):
+    """An RFC 8288 ``Link`` header holds the URL of the next page."""
+
+    type: Literal["header_link"]
+    links_next_key: str = Field("next", min_length=1, description="The ``rel`` of the link.")
+
+
+class CursorPaginator(_Config):
+    """The body holds a token that is sent back as a query parameter."""
+
+    type: Literal["cursor"]
+    cursor_path: str = Field(
+        "cursors.next", min_length=1, description="Dotted path of the token in the body."
+    )
+    cursor_param: str = Field("cursor", min_length=1, description="Query parameter carrying it.")
+
+
+class OffsetPaginator(_Config):
+    """``offset``/``limit`` query parameters.
+
+    Stops when the body's total (``total_path``) is reached or, with no total, on a
+    page shorter than ``limit``.
+    """
+
+    type: Literal["offset"]
+    limit: int = Field(ge=1, description="Records asked for per page.")
+    offset: int = Field(0, ge=0, description="Offset of the first page.")
+    offset_param: str = Field("offset", min_length=1)
+    limit_param: str = Field("limit", min_length=1)
+    total_path: str | None = Field(None, description="Dotted path of the total record count.")
+
+
+class PageNumberPaginator(_Config):
+    """A page-number query parameter.
+
+    Stops on an empty page, on the body's page count (``total_pages_path``) or, with
+    none and a known ``page_size``, on a page shorter than it.
+    """
+
+    type: Literal["page_number"]
+    base_page: int = Field(1, ge=0, description="Number of the first page.")
+    page_param: str = Field("page", min_length=1)
+    page_size_param: str | None = Field(None, description="Query parameter for the page size.")
+    page_size: int | None = Field(None, ge=1, description="Records per page (sent if a param).")
+    total_pages_path: str | None = Field(None, description="Dotted path of the page count.")
+
+    @model_validator(mode="after")
+    def _size_with_param(self) -> PageNumberPaginator:
+        if self.page_size_param and self.page_size is None:
+            raise ValueError("page_size_param needs page_size")
+        return self
+
+
+class SinglePagePaginator(_Config):
+    """One request answers every record."""
+
+    type: Literal["single_page"]
+
+
+Paginator = Annotated[
+    JsonLinkPaginator
+    | HeaderLinkPaginator
+    | CursorPaginator
+    | OffsetPaginator
+    | PageNumberPaginator
+    | SinglePagePaginator,
+    Field(discriminator="type"),
+]
+
+
+class HttpTableConfig(_Config):
+    """Validated configuration of an ``http`` table (see the module docstring)."""
+
+    base_url: str = Field(min_length=8)
+    path: str = ""
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    data_selector: str | None = None
+    primary_key: str = Field("id", min_length=1)
+    paginator: Paginator
+    requests_per_second: float | None = Field(None, gt=0)
+    timeout: float = Field(30.0, gt=0, description="Seconds per request.")
+    max_request_retries: int = Field(5, ge=0, le=50)
+    retry_backoff: float = Field(0.2, ge=0, description="First retry delay, doubled per retry.")
+    retry_backoff_max: float = Field(10.0, ge=0, description="Cap of the retry delay.")
+    max_retry_after: float = Field(
+        120.0,
+        ge=0,
+        description="Longest Retry-After honoured in the connector; longer waits are left "
+        "to the job's retry policy.",
+    )
+
+    @field_validator("paginator", mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        # dlt accepts a bare paginator name; so do we.
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL:
+            raise ValueError("must be an absolute http(s) URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an absolute http(s) URL")
+        if url.userinfo:
+            raise ValueError(f"must not carry a user or password; {ACCOUNT_HINT}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if is_credential_header(name):
+                raise ValueError(f"header {name!r} carries a credential; {ACCOUNT_HINT}")
+        return value
+
+    @property
+    def endpoint(self) -> str:
+        """``base_url`` joined with ``path``."""
+        if not self.path:
+            return self.base_url
+        return f"{self.base_url.rstrip('/')}/{self.path.lstrip('/')}"
+
+
+def parse_http_config(config: Mapping[str, Any], table_id: str | None = None) -> HttpTableConfig:
+    """Validate ``config`` as an http table config.
+
+    Raises:
+        InvalidTableConfigError: naming the table and each bad field (never its value,
+            which may hold a token).
+
+    """
+    try:
+        return HttpTableConfig.model_validate(dict(config))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+        where = f"table {table_id!r}: " if table_id else ""
+        raise InvalidTableConfigError(f"{where}invalid http table config: {problems}") from None
