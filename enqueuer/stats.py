@@ -15,13 +15,15 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
+from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType, WorkerStatus
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import (
     DescribeTaskQueueRequest,
     DescribeTaskQueueResponse,
+    ListWorkersRequest,
 )
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from enqueuer import wire
 from enqueuer.errors import InvalidJobError
@@ -108,8 +110,11 @@ async def temporal_stats(
             )
         )
         depth = sum(d.stats.approximate_backlog_count for d in described)
-        workers = {poller.identity for d in described for poller in d.pollers}
-        return depth, len(workers)
+        pollers = {poller.identity for d in described for poller in d.pollers}
+        alive, gone = await _heartbeating_workers(client, task_queue, rpc_timeout)
+        # Pollers the server lists but whose worker sends no heartbeats (an older SDK,
+        # or not yet) count as alive unless a heartbeat says they stopped or went silent.
+        return depth, len(alive | (pollers - gone))
 
     found, times, (depth, workers) = await asyncio.gather(counts(), durations(), backlog())
     return job_stats(
@@ -120,6 +125,41 @@ async def temporal_stats(
         queue_depth=depth,
         workers=workers,
     )
+
+
+async def _heartbeating_workers(
+    client: Client, task_queue: str, rpc_timeout: timedelta | None
+) -> tuple[set[str], set[str]]:
+    """Identities of the task queue's workers that heartbeat, and of those gone silent.
+
+    A worker that was killed stays listed as running; its heartbeats stop, so one
+    whose last heartbeat is older than three of its intervals counts as gone, as does
+    one that said it shut down. A server without worker heartbeats answers nothing.
+    """
+    try:
+        response = await client.workflow_service.list_workers(
+            ListWorkersRequest(
+                namespace=client.namespace, query=f'TaskQueue="{_quoted(task_queue)}"'
+            ),
+            timeout=rpc_timeout,
+        )
+    except RPCError:
+        return set(), set()
+    now = datetime.now(UTC)
+    alive: set[str] = set()
+    gone: set[str] = set()
+    for info in response.workers_info:
+        beat = info.worker_heartbeat
+        # Until the server has seen two heartbeats it knows no interval: assume the
+        # engine's workers' own (worker processes heartbeat every 5 s).
+        interval = beat.elapsed_since_last_heartbeat.ToTimedelta() or wire.WORKER_HEARTBEAT_INTERVAL
+        age = now - beat.heartbeat_time.ToDatetime(tzinfo=UTC)
+        fresh = age <= 3 * max(interval, timedelta(seconds=1)) + timedelta(seconds=2)
+        if beat.status == WorkerStatus.WORKER_STATUS_RUNNING and fresh:
+            alive.add(beat.worker_identity)
+        else:
+            gone.add(beat.worker_identity)
+    return alive, gone - alive
 
 
 def _quoted(value: str) -> str:

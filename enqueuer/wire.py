@@ -6,6 +6,8 @@ Defined once here so a rename in code never breaks a running history, and every 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio.common import SearchAttributeKey
 
 WORKFLOW_DOWNLOAD_RECORDS = "download-records"
@@ -32,6 +34,9 @@ def table_of_activity(activity_id: str) -> str | None:
         return None
     return rest.partition(":")[2]
 
+
+WORKER_HEARTBEAT_INTERVAL = timedelta(seconds=5)
+"""How often a worker process tells the server it is alive (``stats().workers``)."""
 
 SCHEDULE_RETENTION_PREFIX = "spinner-jobs-retention"
 """Retention schedule id prefix; the id is ``<prefix>:<task queue>``, one per queue."""

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -180,7 +181,7 @@ async def test_worker_metrics_endpoint_serves_sdk_and_job_metrics(
     connectors: ConnectorRegistry,
     make_workbook,
 ) -> None:
-    assert metrics_runtime(None) is None
+    assert metrics_runtime(None) is metrics_runtime(None)
     port = free_port()
     runtime = metrics_runtime(port, host="127.0.0.1")
     assert runtime is not None
@@ -283,3 +284,46 @@ def test_percentiles_are_nearest_rank() -> None:
     assert percentile(times, 0.95) == timedelta(seconds=19)
     assert percentile(times[:1], 0.95) == timedelta(seconds=1)
     assert percentile([], 0.5) is None
+
+
+async def test_stats_count_only_the_workers_that_are_alive(
+    dev_env: WorkflowEnvironment, settings: Settings, sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "SPINNER_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "SPINNER_TEMPORAL_TASK_QUEUE": settings.temporal.task_queue,
+        "SPINNER_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+    }
+    root = Path(__file__).resolve().parents[1]  # noqa: ASYNC240
+    workers = [
+        subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-c", "from enqueuer.cli import main; main()", "worker"],
+            env=env,
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(3)
+    ]
+    backend = TemporalBackend(settings.temporal, settings.enqueue_timeout, client=dev_env.client)
+    enqueuer = Enqueuer(settings, sqlite_store, backend)
+    try:
+
+        async def workers_are(n: int) -> bool:
+            return (await enqueuer.stats()).workers == n
+
+        await eventually(lambda: workers_are(3), within=60, interval=0.5)
+        # Until its first heartbeat (within 5 s) a worker is known by its pollers only,
+        # which the server lists for minutes after the worker is gone.
+        await asyncio.sleep(6)
+        workers[0].kill()  # SIGKILL: its pollers linger on the server, its heartbeats stop
+        workers[1].terminate()  # SIGTERM: shuts down and says so
+        for process in workers[:2]:
+            process.wait(15)
+        await eventually(lambda: workers_are(1), within=40, interval=0.5)
+    finally:
+        for process in workers:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(15)

@@ -45,22 +45,25 @@ JOB_DURATION_BUCKETS = (
 
 
 @cache  # One runtime per process and address: each owns a thread pool and binds the port.
-def metrics_runtime(port: int | None, *, host: str = "0.0.0.0") -> Runtime | None:
-    """A Temporal runtime serving Prometheus metrics on ``host:port``, or None without a port.
+def metrics_runtime(port: int | None, *, host: str = "0.0.0.0") -> Runtime:
+    """The Temporal runtime of a worker process, serving Prometheus metrics on ``host:port``.
 
     Pass it to ``Client.connect(runtime=...)`` (``connect_client(..., runtime=...)``):
     the client and every worker built on it record into it. Calls with the same
-    arguments return the same runtime.
+    arguments return the same runtime. Its workers heartbeat to the server every
+    :data:`wire.WORKER_HEARTBEAT_INTERVAL`, so ``stats()`` counts live workers only.
 
     Args:
         port: TCP port of the ``/metrics`` endpoint (``SPINNER_METRICS_PORT``); None
-            for no endpoint (the SDK's default runtime is used then).
+            for no endpoint.
         host: interface to bind; all by default, so a scraper in another container
             reaches it.
 
     """
     if port is None:
-        return None
+        return Runtime(
+            telemetry=TelemetryConfig(), worker_heartbeat_interval=wire.WORKER_HEARTBEAT_INTERVAL
+        )
     address = f"{host}:{port}"
     runtime = Runtime(
         telemetry=TelemetryConfig(
@@ -68,7 +71,8 @@ def metrics_runtime(port: int | None, *, host: str = "0.0.0.0") -> Runtime | Non
                 bind_address=address,
                 histogram_bucket_overrides={wire.METRIC_JOB_DURATION: JOB_DURATION_BUCKETS},
             )
-        )
+        ),
+        worker_heartbeat_interval=wire.WORKER_HEARTBEAT_INTERVAL,
     )
     log.info("metrics_endpoint_started", url=f"http://{address}/metrics")
     return runtime
