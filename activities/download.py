@@ -20,10 +20,10 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from connectors.base import ReadContext, RecordRow
-from connectors.registry import ConnectorRegistry
-from enqueuer import wire
-from enqueuer.errors import (
+from spinner_jobs.connectors.base import ReadContext
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core import wire
+from spinner_jobs.core.errors import (
     LockLostError,
     PermanentSourceError,
     SpinnerError,
@@ -31,10 +31,11 @@ from enqueuer.errors import (
     TableGoneError,
     error_type_name,
 )
-from enqueuer.models import (
+from spinner_jobs.core.models import (
     ConnectorAccount,
     DownloadTableInput,
     DownloadTableResult,
+    RecordRow,
     ReleaseLocksInput,
     ReleaseLocksResult,
     ResolveTablesInput,
@@ -45,7 +46,7 @@ from enqueuer.models import (
     TableLive,
     TableRef,
 )
-from store.base import Lease, Store, SyncSummary
+from spinner_jobs.store.base import Lease, Store, SyncSummary
 
 log = structlog.get_logger(__name__)
 

@@ -9,9 +9,8 @@ import httpx
 import structlog
 from temporalio import activity
 
-from enqueuer import wire
-from enqueuer.models import JobEvent, NotifyInput
-from enqueuer.settings import WebhookSettings
+from spinner_jobs.core import wire
+from spinner_jobs.core.models import JobEvent, NotifyInput
 
 log = structlog.get_logger(__name__)
 
@@ -45,20 +44,6 @@ class WebhookSender:
             headers[SIGNATURE_HEADER] = sign(self._secret, body)
         response = await self._client.post(self._url, content=body, headers=headers)
         response.raise_for_status()
-
-
-def open_webhook(
-    settings: WebhookSettings,
-) -> tuple[WebhookSender | None, httpx.AsyncClient | None]:
-    """The configured webhook sender and the HTTP client it owns (both None when unset).
-
-    The caller closes the client when done.
-    """
-    if not settings.url:
-        return None, None
-    http = httpx.AsyncClient(timeout=settings.timeout.total_seconds())
-    secret = settings.secret.get_secret_value() if settings.secret else None
-    return WebhookSender(settings.url, secret, http), http
 
 
 class NotifyActivities:

@@ -27,8 +27,8 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from enqueuer import wire
-from enqueuer.models import RetentionSweepInput, RetentionSweepResult
+from spinner_jobs.core import wire
+from spinner_jobs.core.models import RetentionSweepInput, RetentionSweepResult
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from worker.devserver import DevServer
+from spinner_jobs.shell.devserver import DevServer
 
 
 def free_port() -> int:

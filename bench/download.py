@@ -33,13 +33,13 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.common import dev_server, print_table  # noqa: E402
-from connectors.sample_api import SampleApi, SampleTable  # noqa: E402
 from enqueuer import Actor, Enqueuer, JobStatus  # noqa: E402
 from enqueuer.backends.temporal import TemporalBackend, connect_client  # noqa: E402
 from enqueuer.logs import configure_logging  # noqa: E402
-from enqueuer.models import Table, Workbook  # noqa: E402
 from enqueuer.settings import Settings  # noqa: E402
-from store import open_store  # noqa: E402
+from spinner_jobs.core.models import Table, Workbook  # noqa: E402
+from spinner_jobs.shell.sample_api import SampleApi, SampleTable  # noqa: E402
+from spinner_jobs.store import open_store  # noqa: E402
 
 ACTOR = Actor(user_id="u_bench", organization_id="org_bench")
 
@@ -100,7 +100,7 @@ async def engine_run(
     }
     with (folder / f"worker-{task_queue}.log").open("wb") as log:
         worker = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-            [sys.executable, "-c", "from enqueuer.cli import main; main()", "worker"],
+            [sys.executable, "-c", "from spinner_jobs.shell.cli import main; main()", "worker"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

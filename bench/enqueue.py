@@ -24,19 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from bench.common import dev_server, percentile, print_table
-from enqueuer import wire
 from enqueuer.backends.temporal import TemporalBackend, connect_client
 from enqueuer.client import Enqueuer
 from enqueuer.logs import configure_logging
-from enqueuer.models import (
+from enqueuer.settings import Settings
+from spinner_jobs.core import wire
+from spinner_jobs.core.models import (
     JOB_TYPE_DOWNLOAD_RECORDS,
     Actor,
     DownloadRecordsJobInput,
     Table,
     Workbook,
 )
-from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
+from spinner_jobs.store.sqlite import SqliteStore
 
 ACTOR = Actor(user_id="u_bench", organization_id="org_bench")
 

@@ -1,7 +1,8 @@
 """spinner-jobs public API: enqueue download-records jobs and follow them."""
 
 from enqueuer.client import Enqueuer
-from enqueuer.errors import (
+from enqueuer.settings import Settings
+from spinner_jobs.core.errors import (
     EnqueueConnectionError,
     InvalidJobError,
     JobConflictError,
@@ -12,7 +13,7 @@ from enqueuer.errors import (
     TableNotFoundError,
     WorkbookNotFoundError,
 )
-from enqueuer.models import (
+from spinner_jobs.core.models import (
     Actor,
     EventKind,
     JobEvent,
@@ -24,7 +25,6 @@ from enqueuer.models import (
     TableProgress,
     TableStatus,
 )
-from enqueuer.settings import Settings
 
 __all__ = [
     "Actor",

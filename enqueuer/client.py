@@ -14,7 +14,8 @@ import structlog
 from pydantic import ValidationError
 
 from enqueuer.backends.base import JobBackend
-from enqueuer.errors import (
+from enqueuer.settings import Settings
+from spinner_jobs.core.errors import (
     InvalidJobError,
     JobConflictError,
     QueueFullError,
@@ -23,7 +24,7 @@ from enqueuer.errors import (
     WorkbookNotFoundError,
     WorkerUnavailableError,
 )
-from enqueuer.models import (
+from spinner_jobs.core.models import (
     Actor,
     DownloadRecordsJobInput,
     DownloadRecordsWorkflowInput,
@@ -37,10 +38,9 @@ from enqueuer.models import (
     RetryOptions,
     TableStatus,
 )
-from enqueuer.settings import Settings
 
 if TYPE_CHECKING:
-    from store.base import HeldLock, Store
+    from spinner_jobs.store.base import HeldLock, Store
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +80,7 @@ class Enqueuer:
         No connection is made here: the Temporal client connects on first use, within
         ``settings.enqueue_timeout``.
         """
-        from store import open_store
+        from spinner_jobs.store import open_store
 
         own_store = store is None
         # An enqueue waits for the store no longer than for the server.
@@ -101,23 +101,15 @@ class Enqueuer:
                 codec=payload_codec(settings.payload_key),
             )
         else:
-            from activities.download import DownloadActivities
-            from activities.notify import open_webhook
-            from connectors.registry import default_connectors
             from enqueuer.backends.inprocess import InProcessBackend
+            from enqueuer.wiring import download_activities, open_connectors, open_webhook
 
-            connectors = default_connectors(
-                settings.files_root_path,
-                settings.http_allowed_networks,
-                protected_files=settings.store_files,
-            )
-            webhook, http = open_webhook(settings.webhook)
+            connectors = open_connectors(settings)
+            webhook, http = open_webhook(settings)
             if http is not None:
                 owned.append(http)
             owned.append(connectors)
-            activities = DownloadActivities(
-                store, connectors, store_outage_timeout=settings.jobs.store_outage_timeout
-            )
+            activities = download_activities(settings, store, connectors)
             backend = InProcessBackend(activities, settings.retention, webhook)
         enqueuer = cls(settings, store, backend)
         enqueuer._owned = owned + ([store] if own_store else [])

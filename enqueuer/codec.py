@@ -40,8 +40,8 @@ from temporalio.converter import (
     PayloadCodec,
 )
 
-from enqueuer.errors import SecretKeyError
-from store.secrets import Keyring, keyring_from_setting
+from spinner_jobs.core.errors import SecretKeyError
+from spinner_jobs.store.secrets import Keyring, keyring_from_setting
 
 log = structlog.get_logger(__name__)
 

@@ -25,9 +25,9 @@ from temporalio.api.workflowservice.v1 import (
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from enqueuer import wire
-from enqueuer.errors import InvalidJobError
-from enqueuer.models import Backend, JobStats
+from spinner_jobs.core import wire
+from spinner_jobs.core.errors import InvalidJobError
+from spinner_jobs.core.models import Backend, JobStats
 
 DEFAULT_SAMPLE = 200
 """Recent closed jobs the processing-time percentiles are computed over."""

@@ -22,14 +22,15 @@ sys.path.insert(0, str(ROOT))
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
-from connectors.registry import default_connectors  # noqa: E402
-from enqueuer import Actor, wire  # noqa: E402
+from enqueuer import Actor  # noqa: E402
 from enqueuer.logs import configure_logging  # noqa: E402
-from enqueuer.models import Table, Workbook  # noqa: E402
 from enqueuer.settings import Settings  # noqa: E402
-from store.sqlite import SqliteStore  # noqa: E402
+from spinner_jobs.connectors.registry import default_connectors  # noqa: E402
+from spinner_jobs.core import wire  # noqa: E402
+from spinner_jobs.core.models import Table, Workbook  # noqa: E402
+from spinner_jobs.shell.devserver import temporal_cli  # noqa: E402
+from spinner_jobs.store.sqlite import SqliteStore  # noqa: E402
 from tests.helpers import eventually, temporal_enqueuer  # noqa: E402
-from worker.devserver import temporal_cli  # noqa: E402
 
 OUT = ROOT / "tests" / "histories"
 

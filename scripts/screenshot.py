@@ -38,11 +38,11 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 from enqueuer.backends.temporal import TemporalBackend, connect_client  # noqa: E402
 from enqueuer.client import Enqueuer  # noqa: E402
 from enqueuer.logs import configure_logging  # noqa: E402
-from enqueuer.models import Actor, Table, Workbook  # noqa: E402
 from enqueuer.settings import Settings  # noqa: E402
-from store import open_store  # noqa: E402
-from worker.devserver import DevServer, ensure_search_attributes  # noqa: E402
-from worker.main import build_worker, worker_resources  # noqa: E402
+from spinner_jobs.core.models import Actor, Table, Workbook  # noqa: E402
+from spinner_jobs.shell.devserver import DevServer, ensure_search_attributes  # noqa: E402
+from spinner_jobs.store import open_store  # noqa: E402
+from spinner_jobs.worker.main import build_worker, worker_resources  # noqa: E402
 
 INSTALL_HINT = (
     "Chromium not found at {path}. Install it with:\n"

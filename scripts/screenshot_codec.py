@@ -37,13 +37,18 @@ from enqueuer.backends.temporal import TemporalBackend, connect_client  # noqa: 
 from enqueuer.client import Enqueuer  # noqa: E402
 from enqueuer.codec import CodecServer, payload_codec  # noqa: E402
 from enqueuer.logs import configure_logging  # noqa: E402
-from enqueuer.models import Actor, Table, Workbook  # noqa: E402
 from enqueuer.settings import Settings  # noqa: E402
 from scripts.screenshot import chromium_screenshot, free_port  # noqa: E402
-from store import open_store  # noqa: E402
-from store.secrets import new_key  # noqa: E402
-from worker.devserver import dev_server_args, ensure_search_attributes, port_open, temporal_cli  # noqa: E402
-from worker.main import build_worker, worker_resources  # noqa: E402
+from spinner_jobs.core.models import Actor, Table, Workbook  # noqa: E402
+from spinner_jobs.shell.devserver import (  # noqa: E402
+    dev_server_args,
+    ensure_search_attributes,
+    port_open,
+    temporal_cli,
+)
+from spinner_jobs.store import open_store  # noqa: E402
+from spinner_jobs.store.secrets import new_key  # noqa: E402
+from spinner_jobs.worker.main import build_worker, worker_resources  # noqa: E402
 
 WORKBOOK_ID = "wb_acme_crm"
 ACTOR = Actor(user_id="u_alice", organization_id="org_acme")

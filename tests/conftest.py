@@ -12,16 +12,20 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.registry import ConnectorRegistry, default_connectors
-from enqueuer import wire
 from enqueuer.logs import configure_logging
-from enqueuer.models import Table, Workbook
 from enqueuer.settings import Settings
-from store.base import Store
-from store.postgres import PostgresStore
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry, default_connectors
+from spinner_jobs.core import wire
+from spinner_jobs.core.models import Table, Workbook
+from spinner_jobs.shell.devserver import (
+    ensure_search_attributes,
+    temporal_cli,
+    temporal_test_server,
+)
+from spinner_jobs.store.base import Store
+from spinner_jobs.store.postgres import PostgresStore
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.pg import fresh_schema, postgres_url  # noqa: F401  (session fixture)
-from worker.devserver import ensure_search_attributes, temporal_cli, temporal_test_server
 
 configure_logging("console", "warning")
 

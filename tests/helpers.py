@@ -12,15 +12,15 @@ from typing import Any
 from temporalio import activity
 from temporalio.client import Client
 
-from connectors.base import Page, ReadContext
-from connectors.demo import DemoConnector
-from connectors.registry import ConnectorRegistry
 from enqueuer.backends.temporal import TemporalBackend
 from enqueuer.client import Enqueuer
-from enqueuer.models import ConnectorAccount, Table
 from enqueuer.settings import Settings
-from store.base import Store
-from worker.main import build_worker
+from spinner_jobs.connectors.base import Page, ReadContext
+from spinner_jobs.connectors.demo import DemoConnector
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.models import ConnectorAccount, Table
+from spinner_jobs.store.base import Store
+from spinner_jobs.worker.main import build_worker
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.download import DownloadActivities
-from connectors.registry import ConnectorRegistry
 from enqueuer import (
     Actor,
     Enqueuer,
@@ -28,9 +27,10 @@ from enqueuer import (
 )
 from enqueuer.backends.inprocess import InProcessBackend
 from enqueuer.backends.temporal import TemporalBackend
-from enqueuer.models import Backend
 from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.models import Backend
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import demo, eventually, temporal_enqueuer
 
 ACTOR = Actor(user_id="u_1", organization_id="org_1")

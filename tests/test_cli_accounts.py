@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from store import open_store
-from store.secrets import Keyring
+from spinner_jobs.store import open_store
+from spinner_jobs.store.secrets import Keyring
 
 SECRET = "tok-cli-91c2-very-secret"
 CLI = str(Path(sys.executable).parent / "spinner-jobs")

@@ -16,7 +16,6 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.registry import ConnectorRegistry
 from enqueuer import Actor, JobStatus
 from enqueuer.codec import (
     ENCODING,
@@ -26,11 +25,12 @@ from enqueuer.codec import (
     data_converter,
     payload_codec,
 )
-from enqueuer.errors import SecretKeyError
-from enqueuer.models import Table, Workbook
 from enqueuer.settings import Settings
-from store.secrets import Keyring, new_key
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.errors import SecretKeyError
+from spinner_jobs.core.models import Table, Workbook
+from spinner_jobs.store.secrets import Keyring, new_key
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import temporal_enqueuer
 
 KEY = new_key()

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.sample_api import SampleApi, SampleTable
 from enqueuer import Actor, Enqueuer, JobStatus
 from enqueuer.backends.temporal import TemporalBackend
-from enqueuer.models import Table, Workbook
 from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
+from spinner_jobs.core.models import Table, Workbook
+from spinner_jobs.shell.sample_api import SampleApi, SampleTable
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import eventually
 
 RECORDS = 30_000
@@ -39,7 +39,7 @@ def source() -> Iterator[SampleApi]:
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", "from enqueuer.cli import main; main()", "worker"],
+            [sys.executable, "-c", "from spinner_jobs.shell.cli import main; main()", "worker"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.registry import ConnectorRegistry
-from connectors.sample_api import SampleApi, SampleTable
 from enqueuer import Actor, JobStatus
 from enqueuer.logs import configure_logging
-from enqueuer.models import ConnectorAccount, Table, Workbook
 from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.models import ConnectorAccount, Table, Workbook
+from spinner_jobs.shell.sample_api import SampleApi, SampleTable
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import temporal_enqueuer
 
 SECRET = "tok-7f3a9c1e-very-secret"

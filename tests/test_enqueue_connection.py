@@ -13,9 +13,9 @@ from temporalio.testing import WorkflowEnvironment
 from enqueuer import Actor, EnqueueConnectionError, Enqueuer, ServerSetupError
 from enqueuer.backends.temporal import TemporalBackend
 from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
+from spinner_jobs.shell.devserver import temporal_cli
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import demo
-from worker.devserver import temporal_cli
 
 
 def _closed_port() -> int:

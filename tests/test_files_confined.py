@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Connector, Page, ReadContext
-from connectors.files import FilesConnector
-from enqueuer.errors import InvalidTableConfigError
-from enqueuer.models import Table
 from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
-from worker.main import worker_resources
+from spinner_jobs.connectors.base import Connector, Page, ReadContext
+from spinner_jobs.connectors.files import FilesConnector
+from spinner_jobs.core.errors import InvalidTableConfigError
+from spinner_jobs.core.models import Table
+from spinner_jobs.store.sqlite import SqliteStore
+from spinner_jobs.worker.main import worker_resources
 
 
 def table(path: str) -> Table:

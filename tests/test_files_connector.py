@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Page, ReadContext
-from connectors.files import FilesConnector
-from enqueuer.errors import (
+from spinner_jobs.connectors.base import Page, ReadContext
+from spinner_jobs.connectors.files import FilesConnector
+from spinner_jobs.core.errors import (
     InvalidTableConfigError,
     SourceNotFoundError,
     SourceRequestError,
 )
-from enqueuer.models import Table
+from spinner_jobs.core.models import Table
 
 TABLE_ID = "tbl_orders"
 

@@ -19,18 +19,18 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from connectors.base import Connector, Page, ReadContext
-from connectors.http import HttpConnector
-from connectors.registry import default_connectors
-from connectors.sample_api import SampleApi, SampleTable
-from enqueuer.errors import (
+from spinner_jobs.connectors.base import Connector, Page, ReadContext
+from spinner_jobs.connectors.http import HttpConnector
+from spinner_jobs.connectors.registry import default_connectors
+from spinner_jobs.core.errors import (
     InvalidTableConfigError,
     PaginationCycleError,
     SourceAddressRefusedError,
     SourceAuthError,
     SourceRequestError,
 )
-from enqueuer.models import ConnectorAccount, Table
+from spinner_jobs.core.models import ConnectorAccount, Table
+from spinner_jobs.shell.sample_api import SampleApi, SampleTable
 
 ONLY_127_0_0_1 = ["127.0.0.1/32"]
 SECRET = "sk-live-0123456789abcdef"

@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Page, ReadContext
-from connectors.http import HttpConnector, _retry_after
-from connectors.registry import default_connectors
-from connectors.sample_api import STYLES, Fault, SampleApi, SampleTable, Style
-from enqueuer.errors import (
+from spinner_jobs.connectors.base import Page, ReadContext
+from spinner_jobs.connectors.http import HttpConnector, _retry_after
+from spinner_jobs.connectors.registry import default_connectors
+from spinner_jobs.core.errors import (
     InvalidTableConfigError,
     PermanentSourceError,
     SourceAuthError,
@@ -24,7 +23,8 @@ from enqueuer.errors import (
     SourceRequestError,
     SourceUnavailableError,
 )
-from enqueuer.models import ConnectorAccount, Table
+from spinner_jobs.core.models import ConnectorAccount, Table
+from spinner_jobs.shell.sample_api import STYLES, Fault, SampleApi, SampleTable, Style
 
 TABLE_ID = "tbl_customers"
 LOOPBACK = ["127.0.0.0/8"]  # the sample API listens on loopback: opened on purpose

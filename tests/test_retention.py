@@ -30,25 +30,25 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.retention import JobExecution, RetentionActivities
-from connectors.registry import ConnectorRegistry
-from enqueuer import wire
 from enqueuer.client import Enqueuer
-from enqueuer.errors import JobNotFoundError
-from enqueuer.models import (
+from enqueuer.settings import RetentionSettings, Settings
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core import wire
+from spinner_jobs.core.errors import JobNotFoundError
+from spinner_jobs.core.models import (
     Actor,
     JobStatus,
     RetentionSweepInput,
     RetentionSweepResult,
 )
-from enqueuer.settings import RetentionSettings, Settings
-from store.sqlite import SqliteStore
-from tests.helpers import demo, eventually, temporal_enqueuer
-from worker.schedules import (
+from spinner_jobs.store.sqlite import SqliteStore
+from spinner_jobs.worker.schedules import (
     ensure_retention_schedule,
     retention_schedule_id,
     retention_sweep_input,
     retention_worker_parts,
 )
+from tests.helpers import demo, eventually, temporal_enqueuer
 from workflows.retention import RetentionSweepWorkflow
 
 ACTOR = Actor(user_id="u_1", organization_id="org_1")

@@ -11,12 +11,12 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from enqueuer.errors import AccountConflictError, AccountNotFoundError, SecretKeyError
-from enqueuer.models import ConnectorAccount, Table, Workbook
-from store import Store, open_store
-from store.postgres import PostgresStore
-from store.secrets import Keyring, new_key
-from store.sqlite import SqliteStore
+from spinner_jobs.core.errors import AccountConflictError, AccountNotFoundError, SecretKeyError
+from spinner_jobs.core.models import ConnectorAccount, Table, Workbook
+from spinner_jobs.store import Store, open_store
+from spinner_jobs.store.postgres import PostgresStore
+from spinner_jobs.store.secrets import Keyring, new_key
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.pg import fresh_schema
 
 SECRET = "tok-4b1d-very-secret-value"

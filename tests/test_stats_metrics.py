@@ -19,16 +19,16 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.registry import ConnectorRegistry
 from enqueuer import Actor, Enqueuer, JobNotFoundError, JobStats, JobStatus
 from enqueuer.backends.temporal import TemporalBackend
-from enqueuer.models import Backend
 from enqueuer.settings import RetentionSettings, Settings
 from enqueuer.stats import percentile
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.models import Backend
+from spinner_jobs.store.sqlite import SqliteStore
+from spinner_jobs.worker.main import build_worker
+from spinner_jobs.worker.metrics import metrics_runtime
 from tests.helpers import demo, eventually, temporal_enqueuer
-from worker.main import build_worker
-from worker.metrics import metrics_runtime
 
 ACTOR = Actor(user_id="u_1", organization_id="org_1")
 FAILING = demo(10, fail_page=1, fail_kind="permanent")
@@ -298,7 +298,7 @@ async def test_stats_count_only_the_workers_that_are_alive(
     root = Path(__file__).resolve().parents[1]  # noqa: ASYNC240
     workers = [
         subprocess.Popen(  # noqa: ASYNC220
-            [sys.executable, "-c", "from enqueuer.cli import main; main()", "worker"],
+            [sys.executable, "-c", "from spinner_jobs.shell.cli import main; main()", "worker"],
             env=env,
             cwd=root,
             stdout=subprocess.DEVNULL,

@@ -19,13 +19,13 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from connectors.base import Record
-from enqueuer.errors import LockLostError
-from enqueuer.models import ConnectorAccount, Table, TableCheckpoint, Workbook
-from store import HeldLock, Lease, Store, open_store
-from store.postgres import PostgresStore, redact_url
-from store.secrets import new_key
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.base import Record
+from spinner_jobs.core.errors import LockLostError
+from spinner_jobs.core.models import ConnectorAccount, Table, TableCheckpoint, Workbook
+from spinner_jobs.store import HeldLock, Lease, Store, open_store
+from spinner_jobs.store.postgres import PostgresStore, redact_url
+from spinner_jobs.store.secrets import new_key
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.pg import fresh_schema
 
 SYNCED_AT = datetime(2024, 5, 1, 14, 30, tzinfo=timezone(timedelta(hours=2)))

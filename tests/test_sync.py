@@ -7,12 +7,12 @@ from collections.abc import Iterator
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.registry import ConnectorRegistry
-from connectors.sample_api import SampleApi, SampleTable
 from enqueuer import Actor, JobStatus
-from enqueuer.models import Table, Workbook
 from enqueuer.settings import Settings
-from store.base import Store
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.models import Table, Workbook
+from spinner_jobs.shell.sample_api import SampleApi, SampleTable
+from spinner_jobs.store.base import Store
 from tests.helpers import temporal_enqueuer
 
 ACTOR = Actor(user_id="u_1", organization_id="org_1")

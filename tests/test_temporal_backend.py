@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.registry import ConnectorRegistry
 from enqueuer import Actor, Enqueuer, JobStatus, TableStatus
 from enqueuer.backends.temporal import TemporalBackend
 from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import demo, temporal_enqueuer
 
 ACTOR = Actor(user_id="u_1", organization_id="org_1")

@@ -19,13 +19,13 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.download import DownloadActivities
-from connectors.registry import ConnectorRegistry
-from connectors.sample_api import SampleApi, SampleTable
 from enqueuer import Actor, Enqueuer, JobNotFoundError, JobStatus
 from enqueuer.backends.inprocess import InProcessBackend
-from enqueuer.models import Backend, ConnectorAccount, Table, TableStatus, Workbook
 from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.models import Backend, ConnectorAccount, Table, TableStatus, Workbook
+from spinner_jobs.shell.sample_api import SampleApi, SampleTable
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import demo, eventually, temporal_enqueuer
 
 OWNER = Actor(user_id="u_a", organization_id="org_a")

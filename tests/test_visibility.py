@@ -25,13 +25,14 @@ from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.registry import default_connectors
-from enqueuer import Actor, JobStatus, wire
-from enqueuer.models import JOB_TYPE_DOWNLOAD_RECORDS, JobRef, Table, Workbook
+from enqueuer import Actor, JobStatus
 from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import default_connectors
+from spinner_jobs.core import wire
+from spinner_jobs.core.models import JOB_TYPE_DOWNLOAD_RECORDS, JobRef, Table, Workbook
+from spinner_jobs.shell.devserver import temporal_cli
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import demo, eventually, temporal_enqueuer
-from worker.devserver import temporal_cli
 
 TABLES = {
     # About 1.5 s of pages: long enough to read the details while the job runs.

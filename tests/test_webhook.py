@@ -26,14 +26,14 @@ from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
 from activities.notify import EVENT_ID_HEADER, SIGNATURE_HEADER, WebhookSender, sign
-from connectors.registry import ConnectorRegistry
 from enqueuer import Actor, Enqueuer, EventKind, JobStatus
 from enqueuer.backends.temporal import TemporalBackend
-from enqueuer.models import Backend, JobEvent
 from enqueuer.settings import Settings, WebhookSettings
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.models import Backend, JobEvent
+from spinner_jobs.store.sqlite import SqliteStore
+from spinner_jobs.worker.main import build_worker
 from tests.helpers import demo, eventually
-from worker.main import build_worker
 
 SECRET = "whsec-test-0123456789"
 FAILURES_PER_EVENT = 2

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.registry import ConnectorRegistry
-from enqueuer.models import Actor, JobStatus, TableStatus
 from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.models import Actor, JobStatus, TableStatus
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import RecordingDemo, demo, eventually, temporal_enqueuer
 
 ACTOR = Actor(user_id="u_1", organization_id="org_1")

@@ -25,8 +25,8 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from activities.download import INFRASTRUCTURE_ERRORS, DownloadActivities
-    from enqueuer import wire
-    from enqueuer.models import (
+    from spinner_jobs.core import wire
+    from spinner_jobs.core.models import (
         DownloadRecordsWorkflowInput,
         DownloadTableInput,
         DownloadTableResult,

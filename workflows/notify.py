@@ -17,8 +17,8 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
-    from enqueuer import wire
-    from enqueuer.models import EventKind, JobEvent, NotifyInput, NotifyWorkflowInput
+    from spinner_jobs.core import wire
+    from spinner_jobs.core.models import EventKind, JobEvent, NotifyInput, NotifyWorkflowInput
 
 _FINAL = {EventKind.JOB_COMPLETED, EventKind.JOB_FAILED, EventKind.JOB_CANCELLED}
 # A notifier whose job never sends its final event (the job was terminated) stops

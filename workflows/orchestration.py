@@ -13,7 +13,7 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from enqueuer.models import (
+from spinner_jobs.core.models import (
     DownloadRecordsWorkflowInput,
     DownloadTableInput,
     DownloadTableResult,

@@ -15,8 +15,8 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.retention import RetentionActivities
-    from enqueuer import wire
-    from enqueuer.models import RetentionSweepInput, RetentionSweepResult
+    from spinner_jobs.core import wire
+    from spinner_jobs.core.models import RetentionSweepInput, RetentionSweepResult
 
 # Generous: a sweep over thousands of jobs deletes them one RPC at a time.
 _SWEEP_TIMEOUT = timedelta(minutes=10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from enqueuer.models import (
+from spinner_jobs.core.models import (
     Backend,
     DownloadRecordsWorkflowInput,
     JobProgress,

@@ -19,8 +19,10 @@ import structlog
 from activities.download import PERMANENT_ERRORS, DownloadActivities, TableAttemptError
 from activities.notify import WebhookSender
 from enqueuer.backends.base import HolderState
-from enqueuer.errors import JobAlreadyClosedError, JobNotFoundError, StoreUnavailableError
-from enqueuer.models import (
+from enqueuer.settings import RetentionSettings
+from enqueuer.stats import DEFAULT_SAMPLE, job_stats
+from spinner_jobs.core.errors import JobAlreadyClosedError, JobNotFoundError, StoreUnavailableError
+from spinner_jobs.core.models import (
     Backend,
     DownloadRecordsWorkflowInput,
     DownloadTableInput,
@@ -38,8 +40,6 @@ from enqueuer.models import (
     TableCheckpoint,
     TableStatus,
 )
-from enqueuer.settings import RetentionSettings
-from enqueuer.stats import DEFAULT_SAMPLE, job_stats
 from workflows.orchestration import JobRun, TableAttemptFailedError, TableFailedError
 
 log = structlog.get_logger(__name__)

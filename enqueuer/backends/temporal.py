@@ -22,10 +22,12 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from enqueuer import wire
 from enqueuer.backends.base import HolderState
 from enqueuer.codec import data_converter
-from enqueuer.errors import (
+from enqueuer.settings import TemporalSettings
+from enqueuer.stats import temporal_stats
+from spinner_jobs.core import wire
+from spinner_jobs.core.errors import (
     EnqueueConnectionError,
     JobAlreadyClosedError,
     JobBackendError,
@@ -33,7 +35,7 @@ from enqueuer.errors import (
     ServerSetupError,
     WorkerUnavailableError,
 )
-from enqueuer.models import (
+from spinner_jobs.core.models import (
     JOB_TYPE_DOWNLOAD_RECORDS,
     Backend,
     DownloadRecordsWorkflowInput,
@@ -44,8 +46,6 @@ from enqueuer.models import (
     TableCheckpoint,
     TableStatus,
 )
-from enqueuer.settings import TemporalSettings
-from enqueuer.stats import temporal_stats
 
 T = TypeVar("T")
 

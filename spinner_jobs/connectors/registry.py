@@ -6,11 +6,11 @@ from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
-from connectors.base import Connector
-from connectors.demo import DemoConnector
-from connectors.files import FilesConnector
-from connectors.http import HttpConnector
-from enqueuer.errors import InvalidTableConfigError
+from spinner_jobs.connectors.base import Connector
+from spinner_jobs.connectors.demo import DemoConnector
+from spinner_jobs.connectors.files import FilesConnector
+from spinner_jobs.connectors.http import HttpConnector
+from spinner_jobs.core.errors import InvalidTableConfigError
 
 
 class ConnectorRegistry:

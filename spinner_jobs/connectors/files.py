@@ -20,7 +20,7 @@ Paths are confined to the root folder (``SPINNER_FILES_ROOT``, by default
 leading out), a ``~`` path, anything under ``/proc``, ``/sys`` or ``/dev``, a file that
 is not a regular file (a device, a FIFO, a socket), and the engine's own database
 files (even when the root contains them) are refused with
-:class:`~enqueuer.errors.InvalidTableConfigError`. The check runs when a config is
+:class:`~spinner_jobs.core.errors.InvalidTableConfigError`. The check runs when a config is
 validated and again each time the file is opened, on the file actually opened, so a
 symlink swapped in between is caught too.
 """
@@ -42,15 +42,15 @@ from typing import IO, Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from connectors.base import Page, ReadContext, Record
-from enqueuer.errors import (
+from spinner_jobs.connectors.base import Page, ReadContext, Record
+from spinner_jobs.core.errors import (
     InvalidTableConfigError,
     SourceAuthError,
     SourceNotFoundError,
     SourceRequestError,
     SourceUnavailableError,
 )
-from enqueuer.models import ConnectorAccount, Table
+from spinner_jobs.core.models import ConnectorAccount, Table
 
 log = structlog.get_logger(__name__)
 

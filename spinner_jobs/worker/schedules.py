@@ -29,9 +29,9 @@ from temporalio.client import (
 )
 
 from activities.retention import RetentionActivities, TemporalJobIndex
-from enqueuer import wire
-from enqueuer.models import RetentionSweepInput
 from enqueuer.settings import Settings
+from spinner_jobs.core import wire
+from spinner_jobs.core.models import RetentionSweepInput
 from workflows.retention import RetentionSweepWorkflow
 
 log = structlog.get_logger(__name__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from store.base import HeldLock, Lease, Store, SyncSummary
-from store.secrets import keyring_from_setting
+from spinner_jobs.store.base import HeldLock, Lease, Store, SyncSummary
+from spinner_jobs.store.secrets import keyring_from_setting
 
 __all__ = ["HeldLock", "Lease", "Store", "SyncSummary", "open_store"]
 
@@ -27,11 +27,11 @@ def open_store(url: str, *, timeout: float = 30.0, secret_key: SecretStr | None 
     store: Store
     keyring = keyring_from_setting(secret_key, setting="SPINNER_SECRET_KEY")
     if url.startswith("sqlite:///"):
-        from store.sqlite import SqliteStore
+        from spinner_jobs.store.sqlite import SqliteStore
 
         store = SqliteStore(url.removeprefix("sqlite:///"), busy_timeout=timeout, secrets=keyring)
     elif url.startswith(("postgresql://", "postgres://")):
-        from store.postgres import PostgresStore
+        from spinner_jobs.store.postgres import PostgresStore
 
         store = PostgresStore(url, timeout=timeout, secrets=keyring)
     else:

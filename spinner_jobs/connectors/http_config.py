@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from enqueuer.errors import InvalidTableConfigError
+from spinner_jobs.core.errors import InvalidTableConfigError
 
 ACCOUNT_HINT = (
     "table configs never hold secrets: create a connector account "

@@ -14,16 +14,22 @@ from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
-from connectors.base import RecordRow
-from enqueuer.errors import (
+from spinner_jobs.core.errors import (
     AccountConflictError,
     AccountNotFoundError,
     LockLostError,
     StoreUnavailableError,
 )
-from enqueuer.models import AccountSummary, ConnectorAccount, Table, TableCheckpoint, Workbook
-from store.base import HeldLock, Lease, SyncSummary
-from store.secrets import KEY_FILE_NAME, AccountSecrets, Keyring, sealed_key_id
+from spinner_jobs.core.models import (
+    AccountSummary,
+    ConnectorAccount,
+    RecordRow,
+    Table,
+    TableCheckpoint,
+    Workbook,
+)
+from spinner_jobs.store.base import HeldLock, Lease, SyncSummary
+from spinner_jobs.store.secrets import KEY_FILE_NAME, AccountSecrets, Keyring, sealed_key_id
 
 P = ParamSpec("P")
 R = TypeVar("R")

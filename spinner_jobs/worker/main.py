@@ -12,12 +12,12 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.download import DownloadActivities
-from activities.notify import NotifyActivities, WebhookSender, open_webhook
-from connectors.registry import ConnectorRegistry, default_connectors
+from activities.notify import NotifyActivities, WebhookSender
 from enqueuer.settings import Settings
-from store import Store, open_store
-from worker.schedules import ensure_retention_schedule, retention_worker_parts
+from enqueuer.wiring import download_activities, open_connectors, open_webhook
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.store import Store, open_store
+from spinner_jobs.worker.schedules import ensure_retention_schedule, retention_worker_parts
 from workflows.download_records import DownloadRecordsWorkflow
 from workflows.notify import NotifyWorkflow
 
@@ -56,12 +56,7 @@ def build_worker(
 
     """
     progress = settings.jobs.progress_interval
-    download = DownloadActivities(
-        store,
-        connectors,
-        store_outage_timeout=settings.jobs.store_outage_timeout,
-        live_interval=progress,
-    )
+    download = download_activities(settings, store, connectors)
     notify = NotifyActivities(webhook)
     retention_workflows, retention_activities = retention_worker_parts(client)
     return Worker(
@@ -90,12 +85,8 @@ async def worker_resources(
     """Open the store, connectors and webhook client a worker needs; close them after."""
     own_store = store is None
     store = store or open_store(settings.store_url, secret_key=settings.secret_key)
-    connectors = default_connectors(
-        settings.files_root_path,
-        settings.http_allowed_networks,
-        protected_files=settings.store_files,
-    )
-    webhook, http = open_webhook(settings.webhook)
+    connectors = open_connectors(settings)
+    webhook, http = open_webhook(settings)
     try:
         yield store, connectors, webhook
     finally:

@@ -26,17 +26,23 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
-from connectors.base import RecordRow
-from enqueuer.errors import (
+from spinner_jobs.core.errors import (
     AccountConflictError,
     AccountNotFoundError,
     InvalidJobError,
     LockLostError,
     StoreUnavailableError,
 )
-from enqueuer.models import AccountSummary, ConnectorAccount, Table, TableCheckpoint, Workbook
-from store.base import HeldLock, Lease, SyncSummary
-from store.secrets import AccountSecrets, Keyring, sealed_key_id
+from spinner_jobs.core.models import (
+    AccountSummary,
+    ConnectorAccount,
+    RecordRow,
+    Table,
+    TableCheckpoint,
+    Workbook,
+)
+from spinner_jobs.store.base import HeldLock, Lease, SyncSummary
+from spinner_jobs.store.secrets import AccountSecrets, Keyring, sealed_key_id
 
 P = ParamSpec("P")
 R = TypeVar("R")

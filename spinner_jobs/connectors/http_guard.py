@@ -28,7 +28,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from enqueuer.errors import SourceAddressRefusedError
+from spinner_jobs.core.errors import SourceAddressRefusedError
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network

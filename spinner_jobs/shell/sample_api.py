@@ -27,7 +27,7 @@ request log (:class:`LoggedRequest`), and tables that change between runs
 
 Command line::
 
-    python -m connectors.sample_api --port 8765 --tables 3 --records 100000
+    python -m spinner_jobs.shell.sample_api --port 8765 --tables 3 --records 100000
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from types import TracebackType
 from typing import Any, Literal, get_args
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from connectors.demo import demo_record
+from spinner_jobs.connectors.demo import demo_record
 
 Style = Literal["json_link", "header_link", "cursor", "offset", "page_number", "single_page"]
 STYLES: tuple[Style, ...] = get_args(Style)
@@ -664,7 +664,7 @@ class _Handler(BaseHTTPRequestHandler):
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve sample tables until interrupted; print the base URL and one config per table."""
     parser = argparse.ArgumentParser(
-        prog="python -m connectors.sample_api", description="Serve paginated sample tables."
+        prog="python -m spinner_jobs.shell.sample_api", description="Serve paginated sample tables."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)

@@ -6,10 +6,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from enqueuer.models import ConnectorAccount, Table
-
-RecordRow = tuple[str, Mapping[str, Any]]
-"""A record as a bare ``(remote_id, fields)`` pair: what pages carry on the hot path."""
+from spinner_jobs.core.models import ConnectorAccount, RecordRow, Table
 
 
 class Record(NamedTuple):
@@ -42,8 +39,8 @@ class ReadContext:
 class Connector(Protocol):
     """A source of records, configured per table.
 
-    Implementations raise :class:`enqueuer.errors.SourceUnavailableError` for
-    failures worth retrying and a :class:`enqueuer.errors.PermanentSourceError`
+    Implementations raise :class:`spinner_jobs.core.errors.SourceUnavailableError` for
+    failures worth retrying and a :class:`spinner_jobs.core.errors.PermanentSourceError`
     subclass for those that are not.
     """
 

@@ -34,7 +34,7 @@ from functools import cache
 import structlog
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from enqueuer import wire
+from spinner_jobs.core import wire
 
 log = structlog.get_logger(__name__)
 

@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr
 
-from enqueuer.errors import SecretKeyError
+from spinner_jobs.core.errors import SecretKeyError
 
 log = structlog.get_logger(__name__)
 

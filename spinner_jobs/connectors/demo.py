@@ -22,9 +22,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from connectors.base import Page, ReadContext, Record
-from enqueuer.errors import InvalidTableConfigError, SourceRequestError, SourceUnavailableError
-from enqueuer.models import ConnectorAccount, Table
+from spinner_jobs.connectors.base import Page, ReadContext, Record
+from spinner_jobs.core.errors import (
+    InvalidTableConfigError,
+    SourceRequestError,
+    SourceUnavailableError,
+)
+from spinner_jobs.core.models import ConnectorAccount, Table
 
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
 

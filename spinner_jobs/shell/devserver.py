@@ -24,7 +24,7 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from enqueuer import wire
+from spinner_jobs.core import wire
 
 log = structlog.get_logger(__name__)
 

@@ -15,7 +15,7 @@ from rich.progress import (
 from rich.table import Table as RichTable
 
 from enqueuer.client import Enqueuer
-from enqueuer.models import Actor, EventKind, JobProgress, TableStatus
+from spinner_jobs.core.models import Actor, EventKind, JobProgress, TableStatus
 
 _STYLE = {
     TableStatus.PENDING: "dim",

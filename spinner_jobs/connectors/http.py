@@ -26,10 +26,10 @@ Retries inside the connector (``max_request_retries``) cover 408, 429, 5xx, time
 dropped connections and cut-off bodies, with exponential backoff from
 ``retry_backoff`` seconds (jittered, capped at ``retry_backoff_max``) or the source's
 ``Retry-After`` (up to ``max_retry_after``). Past them the read raises
-:class:`~enqueuer.errors.SourceUnavailableError` and the job's retry policy resumes
+:class:`~spinner_jobs.core.errors.SourceUnavailableError` and the job's retry policy resumes
 from the last cursor.
 
-Credentials come from the table's :class:`~enqueuer.models.ConnectorAccount` only,
+Credentials come from the table's :class:`~spinner_jobs.core.models.ConnectorAccount` only,
 and are sent only to the origin (scheme, host, port) of ``base_url``: a next link or
 a redirect to another host gets neither the credentials nor the configured headers.
 A config whose ``headers`` carry a credential is refused (see
@@ -41,7 +41,7 @@ address check runs on every connection the client opens, so it covers the first 
 each redirect hop, each next link and a resumed cursor alike (see
 :mod:`connectors.http_guard`).
 
-Pages that cycle fail the table with :class:`~enqueuer.errors.PaginationCycleError`:
+Pages that cycle fail the table with :class:`~spinner_jobs.core.errors.PaginationCycleError`:
 a next URL or cursor token seen before in this read, or a page whose records are the
 same, in the same order, as those of the page before (a source that ignores the
 offset or page parameter).
@@ -70,8 +70,8 @@ import httpx
 import orjson
 import structlog
 
-from connectors.base import Page, ReadContext, RecordRow
-from connectors.http_config import (
+from spinner_jobs.connectors.base import Page, ReadContext
+from spinner_jobs.connectors.http_config import (
     ACCOUNT_HINT,
     CursorPaginator,
     HeaderLinkPaginator,
@@ -81,7 +81,7 @@ from connectors.http_config import (
     PageNumberPaginator,
     parse_http_config,
 )
-from connectors.http_guard import (
+from spinner_jobs.connectors.http_guard import (
     AddressPolicy,
     GuardedTransport,
     IPNetwork,
@@ -89,7 +89,7 @@ from connectors.http_guard import (
     literal_address,
     system_resolver,
 )
-from enqueuer.errors import (
+from spinner_jobs.core.errors import (
     InvalidTableConfigError,
     PaginationCycleError,
     PermanentSourceError,
@@ -99,7 +99,7 @@ from enqueuer.errors import (
     SourceRequestError,
     SourceUnavailableError,
 )
-from enqueuer.models import ConnectorAccount, Table
+from spinner_jobs.core.models import ConnectorAccount, RecordRow, Table
 
 log = structlog.get_logger(__name__)
 

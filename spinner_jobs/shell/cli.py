@@ -24,18 +24,18 @@ from rich.table import Table as RichTable
 from typer.exceptions import TyperException
 
 from enqueuer.client import Enqueuer
-from enqueuer.errors import SpinnerError
 from enqueuer.logs import configure_logging
-from enqueuer.models import Actor, JobStats, JobStatus, Table, Workbook
 from enqueuer.settings import ServiceType, Settings
-from enqueuer.watch import summary_table, watch_job
+from spinner_jobs.core.errors import SpinnerError
+from spinner_jobs.core.models import Actor, JobStats, JobStatus, Table, Workbook
+from spinner_jobs.shell.watch import summary_table, watch_job
 
 if TYPE_CHECKING:
     from temporalio.client import Client
     from temporalio.runtime import Runtime
 
     from enqueuer.codec import EncryptionCodec
-    from store import Store
+    from spinner_jobs.store import Store
 
 app = typer.Typer(
     help="spinner-jobs: durable background jobs on Temporal.",
@@ -96,9 +96,9 @@ def worker() -> None:
 
 async def _worker(settings: Settings) -> None:
     from enqueuer.backends.temporal import TemporalBackend
-    from worker.devserver import ensure_search_attributes
-    from worker.main import run_worker, tune_gc
-    from worker.metrics import metrics_runtime
+    from spinner_jobs.shell.devserver import ensure_search_attributes
+    from spinner_jobs.worker.main import run_worker, tune_gc
+    from spinner_jobs.worker.metrics import metrics_runtime
 
     stop = await _stop_on_signals()
     runtime = metrics_runtime(settings.metrics_port)
@@ -118,8 +118,8 @@ def dev() -> None:
 
 
 async def _dev(settings: Settings) -> None:
-    from worker.main import run_worker, tune_gc
-    from worker.metrics import metrics_runtime
+    from spinner_jobs.worker.main import run_worker, tune_gc
+    from spinner_jobs.worker.metrics import metrics_runtime
 
     stop = await _stop_on_signals()
     async with _temporal_server(settings, metrics_runtime(settings.metrics_port)) as client:
@@ -138,7 +138,7 @@ async def _temporal_server(
     a dev server started here is stopped on the way out.
     """
     from enqueuer.backends.temporal import TemporalBackend
-    from worker.devserver import DevServer, ensure_search_attributes, port_open
+    from spinner_jobs.shell.devserver import DevServer, ensure_search_attributes, port_open
 
     t = settings.temporal
     server = None
@@ -192,10 +192,10 @@ def demo(
 
 
 async def _demo(settings: Settings, keep: bool, scale: float) -> None:
-    from connectors.sample_api import SampleApi, SampleTable, Style, sample_table_config
     from enqueuer.backends.temporal import TemporalBackend
-    from store import open_store
-    from worker.main import build_worker, tune_gc, worker_resources
+    from spinner_jobs.shell.sample_api import SampleApi, SampleTable, Style, sample_table_config
+    from spinner_jobs.store import open_store
+    from spinner_jobs.worker.main import build_worker, tune_gc, worker_resources
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # The sample source listens on loopback, which connectors reach only when allowed.
@@ -333,8 +333,8 @@ def _workbook_from_file(path: Path, workbook_id: str | None, org: str | None) ->
     """Read and validate a workbook file: ids agree, every table config is valid."""
     from pydantic import ValidationError
 
-    from connectors.registry import default_connectors
-    from enqueuer.errors import InvalidTableConfigError
+    from spinner_jobs.connectors.registry import default_connectors
+    from spinner_jobs.core.errors import InvalidTableConfigError
 
     try:
         workbook = Workbook.model_validate_json(path.read_text())
@@ -377,7 +377,7 @@ def _workbook_from_file(path: Path, workbook_id: str | None, org: str | None) ->
 
 @contextmanager
 def _open_store(settings: Settings) -> Iterator[Store]:
-    from store import open_store
+    from spinner_jobs.store import open_store
 
     store = open_store(settings.store_url, secret_key=settings.secret_key)
     try:
@@ -417,7 +417,7 @@ def account_create(
     """
     from pydantic import SecretStr
 
-    from enqueuer.models import ConnectorAccount
+    from spinner_jobs.core.models import ConnectorAccount
 
     settings = _settings()
     if secret_env is not None:
@@ -483,7 +483,7 @@ def account_rekey() -> None:
 @app.command("new-key")
 def new_key() -> None:
     """Print a fresh random key for SPINNER_SECRET_KEY or SPINNER_PAYLOAD_KEY."""
-    from store.secrets import new_key as make_key
+    from spinner_jobs.store.secrets import new_key as make_key
 
     console.print(make_key(), highlight=False)
 

@@ -11,8 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from connectors.base import RecordRow
-from enqueuer.models import AccountSummary, ConnectorAccount, TableCheckpoint, Workbook
+from spinner_jobs.core.models import (
+    AccountSummary,
+    ConnectorAccount,
+    RecordRow,
+    TableCheckpoint,
+    Workbook,
+)
 
 
 @dataclass(frozen=True, slots=True)

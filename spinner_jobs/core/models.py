@@ -6,6 +6,7 @@ between workflow and activities (one model in and out of each).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -24,6 +25,9 @@ NonEmptyStr = Annotated[
 ]
 
 JOB_TYPE_DOWNLOAD_RECORDS = "download-records"
+
+RecordRow = tuple[str, Mapping[str, Any]]
+"""A record as a bare ``(remote_id, fields)`` pair: what pages carry on the hot path."""
 
 
 class _Model(BaseModel):

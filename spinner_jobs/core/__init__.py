@@ -1,0 +1,1 @@
+"""What every layer shares: wire names, models, errors. Imports nothing of ours."""
