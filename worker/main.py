@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from activities.download import DownloadActivities
 from activities.notify import NotifyActivities, WebhookSender, open_webhook
 from connectors.registry import ConnectorRegistry, default_connectors
+from enqueuer import exits
 from enqueuer.settings import Settings
 from store import Store, open_store
 from worker.schedules import ensure_retention_schedule, retention_worker_parts
@@ -110,3 +111,5 @@ async def run_worker(settings: Settings, client: Client, stop: asyncio.Event) ->
         async with worker:
             await stop.wait()
         log.info("worker_stopped")
+    # The SDK's threads must stop before the interpreter finalizes (see enqueuer.exits).
+    exits.install_exit_hook()

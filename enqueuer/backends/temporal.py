@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from enqueuer import wire
+from enqueuer import exits, wire
 from enqueuer.errors import EnqueueConnectionError, JobNotFoundError, ServerSetupError
 from enqueuer.models import (
     JOB_TYPE_DOWNLOAD_RECORDS,
@@ -50,6 +50,7 @@ async def connect_client(settings: TemporalSettings, *, runtime: Runtime | None 
             serves Prometheus metrics, see ``worker.metrics``); None for the default.
 
     """
+    exits.install_exit_hook()
     return await Client.connect(
         settings.address,
         namespace=settings.namespace,
@@ -76,6 +77,7 @@ class TemporalBackend:
         self._settings = settings
         self._timeout = timeout
         self._client = client
+        self._owns_client = client is None
         self._runtime = runtime
         self._connecting = asyncio.Lock()
         self._running_count: tuple[float, int] | None = None
@@ -93,6 +95,7 @@ class TemporalBackend:
                     self._client = await self._bounded(
                         connect_client(self._settings, runtime=self._runtime)
                     )
+                    exits.hold_until_exit(self)
         return self._client
 
     async def _bounded(self, call: Awaitable[T]) -> T:
@@ -299,4 +302,10 @@ class TemporalBackend:
         )
 
     async def aclose(self) -> None:
-        """Nothing to close: the SDK client has no explicit close."""
+        """Let go of the client (the SDK has no explicit close; see enqueuer.exits)."""
+        self.release_client()
+
+    def release_client(self) -> None:
+        """Drop a client this backend connected itself; the next call connects again."""
+        if self._owns_client:
+            self._client = None
