@@ -9,11 +9,11 @@ against one dev server, a few at a time.
 
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,24 +26,38 @@ STATUS = 3
 CRASH_SIGNS = ("Fatal Python error", "Segmentation fault", "Aborted", "panicked")
 
 
-def _run_script(address: str, folder: Path, n: int) -> subprocess.CompletedProcess[str]:
-    data = folder / f"run{n}"
+@dataclass(frozen=True)
+class Run:
+    status: int | None
+    stdout: str
+    stderr: str
+
+    @property
+    def crashed(self) -> bool:
+        return self.status != STATUS or any(sign in self.stderr for sign in CRASH_SIGNS)
+
+
+async def _run_script(address: str, folder: Path, n: int, slots: asyncio.Semaphore) -> Run:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPINNER_")}
     env |= {
         "PYTHONPATH": str(ROOT),
         "SPINNER_TEMPORAL_ADDRESS": address,
         "SPINNER_TEMPORAL_TASK_QUEUE": f"exit-{n}-{folder.name}",
-        "SPINNER_DATA_DIR": str(data),
-        "SPINNER_LOG_LEVEL": "warning",
+        "SPINNER_DATA_DIR": str(folder / f"run{n}"),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "tests.exit_script", str(STATUS)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    async with slots:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.exit_script",
+            str(STATUS),
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+    return Run(process.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 @pytest.mark.timeout(900)
@@ -51,18 +65,13 @@ async def test_library_users_exit_with_their_own_status_every_time(
     dev_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     address = dev_env.client.service_client.config.target_host
+    slots = asyncio.Semaphore(AT_ONCE)
     started = time.monotonic()
-    with ThreadPoolExecutor(AT_ONCE) as pool:
-        done = list(pool.map(lambda n: _run_script(address, tmp_path, n), range(RUNS)))
+    done = await asyncio.gather(*(_run_script(address, tmp_path, n, slots) for n in range(RUNS)))
     elapsed = time.monotonic() - started
 
-    def crashed(run: subprocess.CompletedProcess[str]) -> bool:
-        return run.returncode != STATUS or any(s in run.stderr for s in CRASH_SIGNS)
-
-    bad = [(n, run) for n, run in enumerate(done) if crashed(run)]
-    report = "\n".join(
-        f"run {n}: status {run.returncode}\n{run.stderr[-1500:]}" for n, run in bad[:3]
-    )
+    bad = [(n, run) for n, run in enumerate(done) if run.crashed]
+    report = "\n".join(f"run {n}: status {run.status}\n{run.stderr[-1500:]}" for n, run in bad[:3])
     assert not bad, f"{len(bad)} of {RUNS} runs did not exit cleanly ({elapsed:.0f}s):\n{report}"
     assert all("job_completed" in run.stdout for run in done)
     # Finalization began with no SDK thread left that could touch Python.
