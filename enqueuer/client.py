@@ -122,7 +122,11 @@ class Enqueuer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop in-process jobs and close what this enqueuer opened."""
+        """Stop in-process jobs and close what this enqueuer opened.
+
+        A Temporal client the enqueuer connected is let go, so the SDK's threads can
+        stop before the interpreter exits (see ``enqueuer.exits``).
+        """
         await self.backend.aclose()
         for thing in reversed(self._owned):
             if hasattr(thing, "aclose"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -70,14 +71,43 @@ async def temporal_enqueuer(
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], within: float = 20.0, interval: float = 0.05
+    check: Callable[[], Awaitable[object] | object],
+    within: float = 20.0,
+    interval: float = 0.05,
 ) -> None:
-    """Wait until ``check()`` is true, failing after ``within`` seconds."""
+    """Wait until ``check()`` passes, failing after ``within`` seconds with what it saw.
+
+    ``check`` (sync or async) fails a try by raising AssertionError or by returning
+    False; anything else passes. On time-out the last AssertionError is raised again,
+    with its own message and a note of how long and how often it was tried (as
+    sdk-python's ``assert_eventually`` does); a check that only ever returned False
+    fails with its name and docstring, so write the assertion inside the check when the
+    failure should say what was seen. Other exceptions propagate at once.
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
+    started = loop.time()
+    tries = 0
+    while True:
+        tries += 1
+        last: AssertionError | None = None
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+        except AssertionError as exc:
+            last = exc
+        else:
+            if result is not False:
+                return
+        waited = loop.time() - started
+        if waited > within:
+            note = f"eventually(): still failing after {waited:.1f}s and {tries} tries"
+            if last is not None:
+                last.add_note(note)
+                raise last
+            name = getattr(check, "__qualname__", repr(check))
+            what = inspect.getdoc(check) or "returned False"
+            raise AssertionError(f"{name}: {what} ({note})")
         await asyncio.sleep(interval)
 
 

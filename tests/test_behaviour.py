@@ -116,10 +116,10 @@ async def test_live_progress_while_a_table_downloads(enqueuer: Enqueuer, make_wo
     table_id = f"{wb.id}_slow"
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
 
-    async def counting() -> bool:
-        p = await enqueuer.progress(ref.job_id, actor=ACTOR)
-        table = p.tables[table_id]
-        return table.status == TableStatus.ACTIVE and 0 < table.records < 2000
+    async def counting() -> None:
+        table = (await enqueuer.progress(ref.job_id, actor=ACTOR)).tables[table_id]
+        assert table.status == TableStatus.ACTIVE, table
+        assert 0 < table.records < 2000, table
 
     await eventually(counting)
     p = await enqueuer.progress(ref.job_id, actor=ACTOR)
@@ -263,8 +263,9 @@ async def test_cancel_releases_locks_mid_download(
     )
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR)
 
-    async def started() -> bool:
-        return (await enqueuer.progress(ref.job_id, actor=ACTOR)).total_records > 0
+    async def started() -> None:
+        progress = await enqueuer.progress(ref.job_id, actor=ACTOR)
+        assert progress.total_records > 0, progress
 
     await eventually(started)
     await enqueuer.cancel(ref.job_id, actor=ACTOR)

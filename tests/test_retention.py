@@ -269,11 +269,11 @@ async def test_sweep_deletes_the_oldest_closed_jobs_on_the_dev_server(
         kept = {*oldest_first["ok"][2:], *oldest_first["bad"][2:]}
         all_closed = {j for runs in oldest_first.values() for j in runs}
 
-        async def all_visible() -> bool:
+        async def all_visible() -> None:
             listed = await _listed(client, query)
-            return listed.get(running.job_id) == WorkflowExecutionStatus.RUNNING and all(
-                listed.get(j) not in (None, WorkflowExecutionStatus.RUNNING) for j in all_closed
-            )
+            assert listed.get(running.job_id) == WorkflowExecutionStatus.RUNNING, listed
+            lagging = {j: listed.get(j) for j in all_closed}
+            assert all(s not in (None, WorkflowExecutionStatus.RUNNING) for s in lagging.values())
 
         await eventually(all_visible)  # visibility lags the closes
 
@@ -296,8 +296,8 @@ async def test_sweep_deletes_the_oldest_closed_jobs_on_the_dev_server(
                 kept_failed=2,
             )
 
-            async def only_newest_listed() -> bool:
-                return set(await _listed(client, query)) == kept | {running.job_id}
+            async def only_newest_listed() -> None:
+                assert set(await _listed(client, query)) == kept | {running.job_id}
 
             async def deleted_gone() -> bool:
                 deleted = result.deleted_completed + result.deleted_failed

@@ -39,22 +39,20 @@ async def stats_where(enqueuer: Enqueuer, wanted: Callable[[JobStats], bool]) ->
     """The first stats satisfying ``wanted`` (visibility is eventually consistent)."""
     latest: list[JobStats] = []
 
-    async def check() -> bool:
+    async def check() -> None:
         latest[:] = [await enqueuer.stats()]
-        return wanted(latest[0])
+        assert wanted(latest[0]), f"stats not as wanted yet: {latest[0]}"
 
-    try:
-        await eventually(check, within=15, interval=0.1)
-    except AssertionError:
-        raise AssertionError(f"stats never matched; last: {latest}") from None
+    await eventually(check, within=15, interval=0.1)
     return latest[0]
 
 
 async def started(enqueuer: Enqueuer, job_id: str) -> None:
     """Wait until the job has committed a page."""
 
-    async def check() -> bool:
-        return (await enqueuer.progress(job_id, actor=ACTOR)).total_records > 0
+    async def check() -> None:
+        progress = await enqueuer.progress(job_id, actor=ACTOR)
+        assert progress.total_records > 0, progress
 
     await eventually(check)
 
@@ -208,11 +206,12 @@ async def test_worker_metrics_endpoint_serves_sdk_and_job_metrics(
     queue = settings.temporal.task_queue
     samples: list[tuple[str, dict[str, str], float]] = []
 
-    async def scraped() -> bool:
+    async def scraped() -> None:
         async with httpx.AsyncClient() as http:
             response = await http.get(f"http://127.0.0.1:{port}/metrics")
         samples[:] = scrape(response.text)
-        return total(samples, "spinner_job_duration_seconds_count", task_queue=queue) == 2
+        jobs = total(samples, "spinner_job_duration_seconds_count", task_queue=queue)
+        assert jobs == 2, f"{jobs} job durations on /metrics, want 2"
 
     await eventually(scraped, within=10, interval=0.2)
     assert total(samples, "spinner_records_downloaded", connector="demo") == downloaded

@@ -113,9 +113,11 @@ async def find(client: Client, query: str) -> list[str]:
     """Ids of the workflows a visibility query matches, once the count agrees (polled)."""
     found: list[str] = []
 
-    async def listed() -> bool:
+    async def listed() -> None:
         found[:] = [w.id async for w in client.list_workflows(query)]
-        return bool(found) and (await client.count_workflows(query)).count == len(found)
+        count = (await client.count_workflows(query)).count
+        assert found, f"nothing listed for {query!r} yet"
+        assert count == len(found), f"{query!r}: listed {found}, counted {count}"
 
     await eventually(listed, within=10, interval=0.1)
     return found

@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
+from enqueuer import exits
 from enqueuer.backends.base import HolderState
 from enqueuer.codec import data_converter
 from enqueuer.settings import TemporalSettings
@@ -67,6 +68,7 @@ async def connect_client(
         codec: payload encryption (``enqueuer.codec.payload_codec``); None for none.
 
     """
+    exits.install_exit_hook()
     return await Client.connect(
         settings.address,
         namespace=settings.namespace,
@@ -95,6 +97,7 @@ class TemporalBackend:
         self._codec = codec
         self._timeout = timeout
         self._client = client
+        self._owns_client = client is None
         self._runtime = runtime
         self._connecting = asyncio.Lock()
         self._running_count: tuple[float, int] | None = None
@@ -112,6 +115,7 @@ class TemporalBackend:
                     self._client = await self._bounded(
                         connect_client(self._settings, runtime=self._runtime, codec=self._codec)
                     )
+                    exits.hold_until_exit(self)
         return self._client
 
     async def _bounded(self, call: Awaitable[T]) -> T:
@@ -360,4 +364,10 @@ class TemporalBackend:
         )
 
     async def aclose(self) -> None:
-        """Nothing to close: the SDK client has no explicit close."""
+        """Let go of the client (the SDK has no explicit close; see enqueuer.exits)."""
+        self.release_client()
+
+    def release_client(self) -> None:
+        """Drop a client this backend connected itself; the next call connects again."""
+        if self._owns_client:
+            self._client = None

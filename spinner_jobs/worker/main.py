@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.notify import NotifyActivities, WebhookSender
+from enqueuer import exits
 from enqueuer.settings import Settings
 from enqueuer.wiring import download_activities, open_connectors, open_webhook
 from spinner_jobs.connectors.registry import ConnectorRegistry
@@ -111,3 +112,5 @@ async def run_worker(settings: Settings, client: Client, stop: asyncio.Event) ->
         async with worker:
             await stop.wait()
         log.info("worker_stopped")
+    # The SDK's threads must stop before the interpreter finalizes (see enqueuer.exits).
+    exits.install_exit_hook()
