@@ -405,6 +405,8 @@ class SqliteWriteLock:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
     def __exit__(
         self,
