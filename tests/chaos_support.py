@@ -41,7 +41,7 @@ from enqueuer.models import Table, Workbook
 from enqueuer.settings import Settings
 from store.base import Store
 from tests.pg import OS_USER, find_bindir
-from worker.devserver import DevServer
+from worker.devserver import dev_server_args, port_open, temporal_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,9 +66,7 @@ def sample_records(api: SampleApi, name: str) -> Records:
 
 def demo_records(records: int, seed: int = 0) -> Records:
     """Every record of a demo-connector table of ``records`` records."""
-    return {
-        r.remote_id: dict(r.fields) for r in (demo_record(seed, i) for i in range(records))
-    }
+    return {r.remote_id: dict(r.fields) for r in (demo_record(seed, i) for i in range(records))}
 
 
 def store_differences(store: Store, table_id: str, expected: Mapping[str, Any]) -> str:
@@ -97,9 +95,8 @@ def store_differences(store: Store, table_id: str, expected: Mapping[str, Any]) 
         problems.append(f"count_records says {counted}")
     if not problems:
         return ""
-    return (
-        f"table {table_id}: {len(have)} stored vs {len(expected)} at the source: "
-        + "; ".join(problems)
+    return f"table {table_id}: {len(have)} stored vs {len(expected)} at the source: " + "; ".join(
+        problems
     )
 
 
@@ -247,7 +244,9 @@ async def jobs_of_workbook(client: Client, workbook_id: str, *, running: bool = 
     return [execution.id async for execution in client.list_workflows(query)]
 
 
-async def settled_jobs_of_workbook(client: Client, workbook_id: str, within: float = 15) -> list[str]:
+async def settled_jobs_of_workbook(
+    client: Client, workbook_id: str, within: float = 15
+) -> list[str]:
     """The workbook's executions once visibility shows none of them running."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
@@ -261,7 +260,11 @@ async def settled_jobs_of_workbook(client: Client, workbook_id: str, within: flo
 
 
 class TemporalServer:
-    """A persistent dev server (SQLite file) that a test can kill and start again."""
+    """A persistent dev server (SQLite file) that a test can kill and start again.
+
+    Started with the project's own ``dev_server_args`` (search attributes, WAL pragmas),
+    headless, on a fixed port and database file, so a restart finds its state again.
+    """
 
     def __init__(self, folder: Path) -> None:
         """Choose a port and a database file under ``folder``; :meth:`start` runs it."""
@@ -269,24 +272,46 @@ class TemporalServer:
         self.address = f"127.0.0.1:{self.port}"
         self.db_file = folder / "temporal.db"
         self.log = folder / "temporal.log"
-        self._server: DevServer | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
-        """Start (or start again) on the same port and database file."""
-        self._server = await DevServer.start(
-            self.address, ui_port=free_port(), db_file=self.db_file, log_file=self.log
-        )
+    async def start(self, within: float = 60.0) -> None:
+        """Start (or start again) on the same port and database file; wait until it listens."""
+        self._process = self._spawn()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not await asyncio.to_thread(port_open, self.address):
+            if self._process.poll() is not None or loop.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"dev server not up at {self.address}: {self.log.read_text()}")
+            await asyncio.sleep(0.1)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        args = dev_server_args(self.address, free_port(), self.db_file, "default")
+        with self.log.open("ab") as out:
+            return subprocess.Popen(
+                [str(temporal_cli()), *args, "--headless"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     def kill(self) -> None:
         """SIGKILL the server: no shutdown, as a crashed host would leave it."""
-        if self._server is not None and self._server.process.poll() is None:
-            self._server.process.send_signal(signal.SIGKILL)
-            self._server.process.wait()
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait()
 
     def stop(self) -> None:
-        """Stop the server if it runs."""
-        if self._server is not None:
-            self._server.stop()
+        """Stop the server if it runs (SIGTERM, then SIGKILL after 10 s)."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # --- PostgreSQL that can be stopped and started ------------------------------------------
@@ -443,8 +468,10 @@ class Stopwatch:
 
 def report(case: str, **figures: object) -> None:
     """Print a case's measured figures on one line (shown with ``pytest -s`` / ``-rA``)."""
-    text = " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
-    print(f"[chaos] {case}: {text}", flush=True)  # noqa: T201
+    text = " ".join(
+        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()
+    )
+    print(f"[chaos] {case}: {text}", flush=True)
 
 
 # --- workbooks, enqueuers, receivers ------------------------------------------------------

@@ -25,13 +25,17 @@ from enqueuer.settings import Settings
 from tests.chaos_support import ACTOR
 
 
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
 async def _wait_for_file(path: Path, within: float = 120.0) -> str:
     deadline = time.monotonic() + within
-    while not path.exists():
+    while (text := _read(path)) is None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear")
         await asyncio.sleep(0.005)
-    return path.read_text()
+    return text
 
 
 async def _main(workbook_id: str, rounds: int, folder: Path) -> None:
@@ -63,7 +67,7 @@ if __name__ == "__main__":
     try:
         asyncio.run(_main(_workbook, _rounds, _folder))
     except BaseException as exc:
-        print(f"enqueue_child failed: {exc!r}", file=sys.stderr, flush=True)  # noqa: T201
+        print(f"enqueue_child failed: {exc!r}", file=sys.stderr, flush=True)
         status = 1
     sys.stdout.flush()
     # The SDK's threads can abort a finishing interpreter (see tests/hard_exit.py).

@@ -116,16 +116,7 @@ async def test_two_processes_enqueuing_at_once_start_one_job_per_round(
     }
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.chaos.enqueue_child", wb, str(ROUNDS), str(barrier)],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(2)
-    ]
+    children = [_start_child(env, wb, barrier) for _ in range(2)]
     rounds: list[dict[str, object]] = []
     try:
         async with temporal_enqueuer(dev_env.client, settings, store, connectors) as enqueuer:
@@ -175,6 +166,20 @@ async def test_two_processes_enqueuing_at_once_start_one_job_per_round(
     assert not problems, "; ".join(problems)
 
 
+def _start_child(env: dict[str, str], workbook_id: str, barrier: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.chaos.enqueue_child", workbook_id, str(ROUNDS), str(barrier)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _found(folder: Path, prefix: str) -> list[Path]:
+    return sorted(folder.glob(f"{prefix}*"))
+
+
 async def _files(
     folder: Path, prefix: str, count: int, children: list[subprocess.Popen[bytes]]
 ) -> list[Path]:
@@ -182,7 +187,7 @@ async def _files(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
     while True:
-        found = sorted(folder.glob(f"{prefix}*"))
+        found = _found(folder, prefix)
         if len(found) >= count:
             return found
         dead = [c for c in children if c.poll() is not None]

@@ -91,9 +91,7 @@ async def test_a_table_that_fails_after_writing_pages_reports_the_records_it_wro
         stored = sqlite_store.count_records(table_id)
         # The source is fixed; the next job must end exact, whatever the failed one left.
         put_workbook(sqlite_store, wb, {table_id: ("demo", demo(1000, page_size=100))})
-        again = await enqueuer.wait(
-            (await enqueuer.enqueue_download_records_job(wb, ACTOR)).job_id
-        )
+        again = await enqueuer.wait((await enqueuer.enqueue_download_records_job(wb, ACTOR)).job_id)
     differences = store_differences(sqlite_store, table_id, demo_records(1000))
     report(
         f"failed-table-count-{backend}",
@@ -132,9 +130,7 @@ async def test_a_cancelled_table_reports_the_records_it_wrote(
         result = await enqueuer.wait(ref.job_id)
         progress = await enqueuer.progress(ref.job_id)
         stored = sqlite_store.count_records(table_id)
-        again = await enqueuer.wait(
-            (await enqueuer.enqueue_download_records_job(wb, ACTOR)).job_id
-        )
+        again = await enqueuer.wait((await enqueuer.enqueue_download_records_job(wb, ACTOR)).job_id)
     differences = store_differences(sqlite_store, table_id, demo_records(3000))
     report(
         f"cancelled-table-count-{backend}",
@@ -219,7 +215,7 @@ async def test_the_job_failed_event_carries_the_error(
     sqlite_store: SqliteStore,
     connectors: ConnectorRegistry,
 ) -> None:
-    wb, table_id = _new_workbook(sqlite_store, **FAILING)
+    wb, _ = _new_workbook(sqlite_store, **FAILING)
     events: list[JobEvent] = []
     async with _enqueuer(backend, dev_env, settings, sqlite_store, connectors) as enqueuer:
         ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
@@ -239,7 +235,8 @@ async def test_the_job_failed_event_carries_the_error(
     assert len(failed_job) == 1, [e.kind for e in events]
     assert failed_job[0].error, "job.failed came without its error"
     assert "page 4" in failed_job[0].error, failed_job[0].error
-    assert failed_table and failed_table[0].error and "page 4" in failed_table[0].error
+    assert failed_table, [e.kind for e in events]
+    assert "page 4" in (failed_table[0].error or ""), failed_table[0].error
 
 
 @pytest.mark.timeout(60)
@@ -365,7 +362,11 @@ async def test_progress_right_after_the_only_worker_died_is_never_a_raw_rpc_erro
         await handle.terminate("test over")
     shown = [type(o).__name__ for o in outcomes]
     report("progress-after-worker-died", outcomes=shown)
-    raw = [o for o in outcomes if isinstance(o, RPCError) or not isinstance(o, JobProgress | SpinnerError)]
+    raw = [
+        o
+        for o in outcomes
+        if isinstance(o, RPCError) or not isinstance(o, JobProgress | SpinnerError)
+    ]
     assert not raw, f"progress() right after the worker died gave {raw!r}"
 
 
@@ -389,9 +390,7 @@ async def test_inputs_of_the_wrong_shape_are_invalid_job_errors(
     table_ids: Any, metadata: Any, field: str, settings: Settings, sqlite_store: SqliteStore
 ) -> None:
     wb = f"wb_{uuid.uuid4().hex[:8]}"
-    put_workbook(
-        sqlite_store, wb, {name: ("demo", demo(10)) for name in ("x", "y", "a")}
-    )
+    put_workbook(sqlite_store, wb, {name: ("demo", demo(10)) for name in ("x", "y", "a")})
     local = settings.model_copy(update={"use_jobs": False})
     async with Enqueuer.from_settings(local, store=sqlite_store) as enqueuer:
         outcome: object

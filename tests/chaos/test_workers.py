@@ -129,8 +129,9 @@ async def test_three_sigkills_of_the_only_worker_neither_fail_nor_corrupt_the_ta
     assert not problems, "; ".join(problems)
 
 
-# 12 s of downloading: what is left at the SIGTERM outlasts the worker's 5 s grace.
-TERM_RECORDS = 24_000
+# 8 s of downloading: what is left at the SIGTERM outlasts the worker's 5 s grace.
+TERM_RECORDS = 16_000
+HANDOVER = 5.0  # seconds from SIGTERM to the other worker resuming: "at once", with slack
 
 
 @pytest.mark.timeout(180)
@@ -151,7 +152,9 @@ async def test_sigterm_hands_the_table_over_to_the_other_worker_at_once(
                 return any(p.find("table_download_started") for p in (first, second))
 
             await eventually(someone_started, within=60)
-            holder, other = (first, second) if first.find("table_download_started") else (second, first)
+            holder, other = (
+                (first, second) if first.find("table_download_started") else (second, first)
+            )
 
             async def a_tenth_done() -> bool:
                 return store.count_records(table_id) >= TERM_RECORDS // 10
@@ -162,7 +165,9 @@ async def test_sigterm_hands_the_table_over_to_the_other_worker_at_once(
             resumed = await other.wait_for(
                 "table_download_resumed", within=60, job_id=ref.job_id, table_id=table_id
             )
-            handover = None if resumed is None else (event_time(resumed) - termed_at).total_seconds()
+            handover = (
+                None if resumed is None else (event_time(resumed) - termed_at).total_seconds()
+            )
             exited = await asyncio.to_thread(_exit_status, holder, 30)
             result = await asyncio.wait_for(enqueuer.wait(ref.job_id), 120)
         restarted = other.find("table_download_started", job_id=ref.job_id)
@@ -179,9 +184,9 @@ async def test_sigterm_hands_the_table_over_to_the_other_worker_at_once(
     problems = []
     if written_at_term >= TERM_RECORDS:
         problems.append("SIGTERM came after the table was done")
-    if handover is None or handover > 10:
+    if handover is None or handover > HANDOVER:
         problems.append(
-            f"SIGTERM → other worker resumed after {handover} s (want ≤ 10 s)"
+            f"SIGTERM → other worker resumed after {handover} s (want ≤ {HANDOVER:g} s)"
             + (" (it started the table over instead)" if restarted else "")
         )
     if exited is None:
