@@ -39,8 +39,9 @@ from tests.chaos_support import (
 from tests.helpers import demo, temporal_enqueuer
 
 RECORDS = 2_000
-# 20 pages, 50 ms apart: the job is still running while the storm's last callers arrive.
-TABLE = demo(RECORDS, page_size=100, page_delay=0.05)
+# 20 pages, 150 ms apart: the job is still running when the storm's last callers arrive
+# (else a late caller could rightly start a second job after the first one ended).
+TABLE = demo(RECORDS, page_size=100, page_delay=0.15)
 
 
 @pytest.mark.timeout(120)
@@ -61,6 +62,9 @@ async def test_fifty_concurrent_enqueues_start_exactly_one_job(
         started = [o for o in outcomes if isinstance(o, JobRef)]
         conflicts = [o for o in outcomes if isinstance(o, JobConflictError)]
         others = [o for o in outcomes if not isinstance(o, JobRef | JobConflictError)]
+        still_running = [
+            (await enqueuer.progress(ref.job_id)).status == JobStatus.RUNNING for ref in started
+        ]
         results = [await enqueuer.wait(ref.job_id) for ref in started]
         executions = await settled_jobs_of_workbook(dev_env.client, wb)
         differences = store_differences(any_store, table_id, demo_records(RECORDS))
@@ -74,6 +78,8 @@ async def test_fifty_concurrent_enqueues_start_exactly_one_job(
         store=differences or "exact",
     )
     problems = []
+    if not all(still_running):
+        problems.append("a job ended before the storm did: make its table slower")
     if others:
         problems.append(f"untyped or unexpected outcomes: {others[:3]!r}")
     if len(started) != 1 or len(executions) != 1:

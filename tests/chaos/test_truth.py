@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -429,3 +431,49 @@ async def test_an_id_with_a_nul_on_postgres_is_an_invalid_job_error(
         store.close()
     assert isinstance(outcome, InvalidJobError), f"got {type(outcome).__module__}: {outcome!r}"
     assert outcome.field == where, outcome
+
+
+@pytest.mark.timeout(60)
+async def test_the_web_uis_current_details_show_live_counts_without_a_history_event_per_page(
+    dev_env: WorkflowEnvironment,
+    settings: Settings,
+    sqlite_store: SqliteStore,
+    connectors: ConnectorRegistry,
+) -> None:
+    pages = 100
+    wb, table_id = _new_workbook(sqlite_store, **demo(3000, page_size=30, page_delay=0.03))
+    row = re.compile(
+        rf"\| {re.escape(table_id)} \(`{re.escape(table_id)}`\) \| demo \| (\w+) \| ([\d,]+) \|"
+    )
+    shown: list[tuple[str, int, int]] = []  # (status, records shown, records stored)
+    async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enqueuer:
+        ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
+        handle = dev_env.client.get_workflow_handle(ref.job_id)
+        while (await enqueuer.progress(ref.job_id)).status == JobStatus.RUNNING:
+            try:
+                metadata = await handle.query(
+                    "__temporal_workflow_metadata", result_type=WorkflowMetadata
+                )
+            except (RPCError, WorkflowQueryFailedError):
+                metadata = None  # no workflow task has run yet to answer queries
+            stored = sqlite_store.count_records(table_id)
+            match = row.search(str(metadata.current_details)) if metadata else None
+            if match:
+                shown.append((match[1], int(match[2].replace(",", "")), stored))
+            await asyncio.sleep(0.1)
+        result = await enqueuer.wait(ref.job_id)
+        events = [e async for e in handle.fetch_history_events()]
+    # Live: once a page is stored, within the progress interval (0.2 s) plus slack.
+    active = [(shown_n, stored) for status, shown_n, stored in shown if status == "active"]
+    live = [shown_n for shown_n, stored in active if stored >= 300]
+    report(
+        "web-ui-details",
+        active_samples=len(active),
+        max_shown_while_active=max((n for n, _ in active), default=None),
+        history_events=len(events),
+        pages=pages,
+    )
+    assert result.status == JobStatus.COMPLETED
+    assert live, f"no sample while active with 300+ records stored: {shown[:5]}"
+    assert max(live) > 0, f"current details showed {sorted(set(live))} records while active"
+    assert len(events) < pages, f"{len(events)} history events for {pages} pages"
