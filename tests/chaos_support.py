@@ -11,6 +11,7 @@ process holding SQLite's write lock (:class:`SqliteWriteLock`).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +38,7 @@ from connectors.demo import demo_record
 from connectors.sample_api import SampleApi
 from enqueuer import Actor, Enqueuer, wire
 from enqueuer.backends.temporal import TemporalBackend
-from enqueuer.models import Table, Workbook
+from enqueuer.models import JobEvent, JobProgress, JobResult, Table, Workbook
 from enqueuer.settings import Settings
 from store.base import Store
 from tests.pg import OS_USER, find_bindir
@@ -477,6 +478,31 @@ def report(case: str, **figures: object) -> None:
 # --- workbooks, enqueuers, receivers ------------------------------------------------------
 
 ACTOR = Actor(user_id="u_chaos", organization_id="org_chaos")
+
+
+def _as_caller(method: Callable[..., Any]) -> dict[str, Any]:
+    """``actor=ACTOR`` for follow calls that are scoped to the caller's organization."""
+    return {"actor": ACTOR} if "actor" in inspect.signature(method).parameters else {}
+
+
+async def job_progress(enqueuer: Enqueuer, job_id: str) -> JobProgress:
+    """``enqueuer.progress`` of a job, asked as ``ACTOR``."""
+    return await enqueuer.progress(job_id, **_as_caller(enqueuer.progress))
+
+
+async def job_result(enqueuer: Enqueuer, job_id: str) -> JobResult:
+    """``enqueuer.wait`` for a job, asked as ``ACTOR``."""
+    return await enqueuer.wait(job_id, **_as_caller(enqueuer.wait))
+
+
+async def cancel_job(enqueuer: Enqueuer, job_id: str) -> None:
+    """``enqueuer.cancel`` of a job, asked as ``ACTOR``."""
+    await enqueuer.cancel(job_id, **_as_caller(enqueuer.cancel))
+
+
+def job_events(enqueuer: Enqueuer, job_id: str, *, interval: float) -> AsyncIterator[JobEvent]:
+    """``enqueuer.events`` of a job, asked as ``ACTOR``."""
+    return enqueuer.events(job_id, interval=interval, **_as_caller(enqueuer.events))
 
 
 def put_workbook(

@@ -22,7 +22,7 @@ from typing import Any
 from enqueuer import Enqueuer
 from enqueuer.errors import JobConflictError, JobNotFoundError
 from enqueuer.settings import Settings
-from tests.chaos_support import ACTOR
+from tests.chaos_support import ACTOR, job_progress
 
 
 def _read(path: Path) -> str | None:
@@ -42,7 +42,7 @@ async def _main(workbook_id: str, rounds: int, folder: Path) -> None:
     async with Enqueuer.from_settings(Settings.load()) as enqueuer:
         # Connect and warm up before the race, so the race is the enqueue itself.
         with contextlib.suppress(JobNotFoundError):
-            await enqueuer.progress("warm-up-no-such-job")
+            await job_progress(enqueuer, "warm-up-no-such-job")
         for r in range(rounds):
             (folder / f"ready-{r}-{os.getpid()}").write_text("")
             go = float(await _wait_for_file(folder / f"go-{r}"))

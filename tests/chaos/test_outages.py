@@ -36,9 +36,11 @@ from tests.chaos_support import (
     TemporalServer,
     WebhookReceiver,
     WorkerProcess,
+    cancel_job,
     connect,
     demo_records,
     free_port,
+    job_result,
     put_workbook,
     report,
     sample_records,
@@ -108,9 +110,9 @@ async def test_postgres_stopped_for_30s_mid_job_and_restarted(
                         after_ref = await enqueuer.enqueue_download_records_job(after_wb, ACTOR)
                     except Exception as exc:
                         first_after += f"; then {type(exc).__name__}: {exc}"
-                result = await asyncio.wait_for(enqueuer.wait(ref.job_id), 120)
+                result = await asyncio.wait_for(job_result(enqueuer, ref.job_id), 120)
                 after = (
-                    await asyncio.wait_for(enqueuer.wait(after_ref.job_id), 60)
+                    await asyncio.wait_for(job_result(enqueuer, after_ref.job_id), 60)
                     if after_ref
                     else None
                 )
@@ -177,7 +179,7 @@ async def test_enqueue_while_sqlite_is_write_locked_fails_typed_within_the_timeo
         for _ in range(2):
             try:
                 ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
-                later.append((await enqueuer.wait(ref.job_id)).status.value)
+                later.append((await job_result(enqueuer, ref.job_id)).status.value)
             except Exception as exc:
                 later.append(f"{type(exc).__name__}: {exc}")
         differences = store_differences(sqlite_store, table_id, demo_records(500))
@@ -246,9 +248,9 @@ async def _timed_job(
         watch = Stopwatch()
         ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
         try:
-            result = await asyncio.wait_for(enqueuer.wait(ref.job_id), within)
+            result = await asyncio.wait_for(job_result(enqueuer, ref.job_id), within)
         except TimeoutError:
-            await enqueuer.cancel(ref.job_id)
+            await cancel_job(enqueuer, ref.job_id)
             return None, "still running", ""
         took = watch.elapsed
     differences = "; ".join(
@@ -360,7 +362,7 @@ async def test_temporal_dev_server_restarted_mid_job(task_queue: str, tmp_path: 
                 restart = watch.elapsed
                 outcome: str
                 try:
-                    result = await asyncio.wait_for(enqueuer.wait(ref.job_id), 150)
+                    result = await asyncio.wait_for(job_result(enqueuer, ref.job_id), 150)
                     outcome = result.status.value
                     error = (
                         result.progress.tables[table_id].error

@@ -31,6 +31,8 @@ from tests.chaos_support import (
     ACTOR,
     ROOT,
     demo_records,
+    job_progress,
+    job_result,
     put_workbook,
     report,
     settled_jobs_of_workbook,
@@ -63,9 +65,10 @@ async def test_fifty_concurrent_enqueues_start_exactly_one_job(
         conflicts = [o for o in outcomes if isinstance(o, JobConflictError)]
         others = [o for o in outcomes if not isinstance(o, JobRef | JobConflictError)]
         still_running = [
-            (await enqueuer.progress(ref.job_id)).status == JobStatus.RUNNING for ref in started
+            (await job_progress(enqueuer, ref.job_id)).status == JobStatus.RUNNING
+            for ref in started
         ]
-        results = [await enqueuer.wait(ref.job_id) for ref in started]
+        results = [await job_result(enqueuer, ref.job_id) for ref in started]
         executions = await settled_jobs_of_workbook(dev_env.client, wb)
         differences = store_differences(any_store, table_id, demo_records(RECORDS))
     report(
@@ -136,7 +139,7 @@ async def test_two_processes_enqueuing_at_once_start_one_job_per_round(
                     for p in await _files(barrier, f"result-{r}-", len(children), children)
                 ]
                 started = [o["job_id"] for o in outcomes if "job_id" in o]
-                statuses = [(await enqueuer.wait(job)).status.value for job in started]
+                statuses = [(await job_result(enqueuer, job)).status.value for job in started]
                 rounds.append(
                     {
                         "outcomes": outcomes,

@@ -34,7 +34,11 @@ from store.sqlite import SqliteStore
 from tests.chaos_support import (
     ACTOR,
     WorkerProcess,
+    cancel_job,
     demo_records,
+    job_events,
+    job_progress,
+    job_result,
     put_workbook,
     report,
     store_differences,
@@ -88,12 +92,14 @@ async def test_a_table_that_fails_after_writing_pages_reports_the_records_it_wro
     wb, table_id = _new_workbook(sqlite_store, **FAILING)
     async with _enqueuer(backend, dev_env, settings, sqlite_store, connectors) as enqueuer:
         ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
-        result = await enqueuer.wait(ref.job_id)
-        progress = await enqueuer.progress(ref.job_id)
+        result = await job_result(enqueuer, ref.job_id)
+        progress = await job_progress(enqueuer, ref.job_id)
         stored = sqlite_store.count_records(table_id)
         # The source is fixed; the next job must end exact, whatever the failed one left.
         put_workbook(sqlite_store, wb, {table_id: ("demo", demo(1000, page_size=100))})
-        again = await enqueuer.wait((await enqueuer.enqueue_download_records_job(wb, ACTOR)).job_id)
+        again = await job_result(
+            enqueuer, (await enqueuer.enqueue_download_records_job(wb, ACTOR)).job_id
+        )
     differences = store_differences(sqlite_store, table_id, demo_records(1000))
     report(
         f"failed-table-count-{backend}",
@@ -128,11 +134,13 @@ async def test_a_cancelled_table_reports_the_records_it_wrote(
             return sqlite_store.count_records(table_id) >= 300
 
         await eventually(some_pages, within=30)
-        await enqueuer.cancel(ref.job_id)
-        result = await enqueuer.wait(ref.job_id)
-        progress = await enqueuer.progress(ref.job_id)
+        await cancel_job(enqueuer, ref.job_id)
+        result = await job_result(enqueuer, ref.job_id)
+        progress = await job_progress(enqueuer, ref.job_id)
         stored = sqlite_store.count_records(table_id)
-        again = await enqueuer.wait((await enqueuer.enqueue_download_records_job(wb, ACTOR)).job_id)
+        again = await job_result(
+            enqueuer, (await enqueuer.enqueue_download_records_job(wb, ACTOR)).job_id
+        )
     differences = store_differences(sqlite_store, table_id, demo_records(3000))
     report(
         f"cancelled-table-count-{backend}",
@@ -165,14 +173,14 @@ async def test_progress_shows_the_real_attempt_number_while_a_table_runs(
     async with _enqueuer(backend, dev_env, settings, sqlite_store, connectors) as enqueuer:
         ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
         while True:
-            progress = await enqueuer.progress(ref.job_id)
+            progress = await job_progress(enqueuer, ref.job_id)
             table = progress.tables.get(table_id)
             if table is not None and table.status == TableStatus.ACTIVE and table.records > 0:
                 seen.append(table.attempt)
             if progress.status != JobStatus.RUNNING:
                 break
             await asyncio.sleep(0.1)
-        result = await enqueuer.wait(ref.job_id)
+        result = await job_result(enqueuer, ref.job_id)
     report(f"attempts-{backend}", seen=sorted(set(seen)), status=result.status.value)
     assert result.status == JobStatus.COMPLETED
     assert seen, "the table was never seen active with records"
@@ -195,8 +203,8 @@ async def test_a_closed_table_reports_the_attempt_it_ended_on(
     wb, table_id = _new_workbook(sqlite_store, **config)
     async with _enqueuer(backend, dev_env, settings, sqlite_store, connectors) as enqueuer:
         ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
-        result = await enqueuer.wait(ref.job_id)
-        progress = await enqueuer.progress(ref.job_id)
+        result = await job_result(enqueuer, ref.job_id)
+        progress = await job_progress(enqueuer, ref.job_id)
     report(
         f"closed-attempt-{backend}",
         result_attempt=result.progress.tables[table_id].attempt,
@@ -223,7 +231,7 @@ async def test_the_job_failed_event_carries_the_error(
         ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
 
         async def follow() -> None:
-            async for event in enqueuer.events(ref.job_id, interval=0.1):
+            async for event in job_events(enqueuer, ref.job_id, interval=0.1):
                 events.append(event)
 
         await asyncio.wait_for(follow(), 30)
@@ -259,8 +267,8 @@ async def test_a_page_with_a_duplicate_id_reports_the_records_stored(
     put_workbook(sqlite_store, wb, {table_id: ("files", {"path": str(source), "page_size": 10})})
     async with _enqueuer(backend, dev_env, settings, sqlite_store, connectors) as enqueuer:
         ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
-        result = await enqueuer.wait(ref.job_id)
-        progress = await enqueuer.progress(ref.job_id)
+        result = await job_result(enqueuer, ref.job_id)
+        progress = await job_progress(enqueuer, ref.job_id)
     # The last occurrence of an id wins, as an upsert of the page in order would have it.
     expected = {"a": {"id": "a", "v": 3}, "b": {"id": "b", "v": 2}}
     differences = store_differences(sqlite_store, table_id, expected)
@@ -289,13 +297,13 @@ async def test_cancelling_a_closed_job_raises_a_typed_error(
     wb, table_id = _new_workbook(sqlite_store, **demo(200))
     async with _enqueuer(backend, dev_env, settings, sqlite_store, connectors) as enqueuer:
         ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
-        result = await enqueuer.wait(ref.job_id)
+        result = await job_result(enqueuer, ref.job_id)
         outcome: BaseException | None = None
         try:
-            await enqueuer.cancel(ref.job_id)
+            await cancel_job(enqueuer, ref.job_id)
         except Exception as exc:
             outcome = exc
-        after = await enqueuer.progress(ref.job_id)
+        after = await job_progress(enqueuer, ref.job_id)
     report(f"cancel-closed-{backend}", outcome=repr(outcome), status_after=after.status.value)
     assert result.status == JobStatus.COMPLETED
     assert isinstance(outcome, SpinnerError), f"cancel of a completed job gave {outcome!r}"
@@ -319,7 +327,7 @@ async def test_progress_of_a_workflow_that_is_not_a_job_raises_a_typed_error(
         try:
             outcome: BaseException | JobProgress
             try:
-                outcome = await asyncio.wait_for(enqueuer.progress(other_id), 30)
+                outcome = await asyncio.wait_for(job_progress(enqueuer, other_id), 30)
             except Exception as exc:
                 outcome = exc
         finally:
@@ -355,7 +363,7 @@ async def test_progress_right_after_the_only_worker_died_is_never_a_raw_rpc_erro
         running[0].kill()
         for _ in range(2):
             try:
-                outcomes.append(await asyncio.wait_for(enqueuer.progress(ref.job_id), 30))
+                outcomes.append(await asyncio.wait_for(job_progress(enqueuer, ref.job_id), 30))
             except Exception as exc:
                 outcomes.append(exc)
             await asyncio.sleep(1)
@@ -449,7 +457,7 @@ async def test_the_web_uis_current_details_show_live_counts_without_a_history_ev
     async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enqueuer:
         ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
         handle = dev_env.client.get_workflow_handle(ref.job_id)
-        while (await enqueuer.progress(ref.job_id)).status == JobStatus.RUNNING:
+        while (await job_progress(enqueuer, ref.job_id)).status == JobStatus.RUNNING:
             try:
                 metadata = await handle.query(
                     "__temporal_workflow_metadata", result_type=WorkflowMetadata
@@ -461,7 +469,7 @@ async def test_the_web_uis_current_details_show_live_counts_without_a_history_ev
             if match:
                 shown.append((match[1], int(match[2].replace(",", "")), stored))
             await asyncio.sleep(0.1)
-        result = await enqueuer.wait(ref.job_id)
+        result = await job_result(enqueuer, ref.job_id)
         events = [e async for e in handle.fetch_history_events()]
     # Live: once a page is stored, within the progress interval (0.2 s) plus slack.
     active = [(shown_n, stored) for status, shown_n, stored in shown if status == "active"]

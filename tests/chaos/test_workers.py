@@ -24,6 +24,8 @@ from tests.chaos_support import (
     ACTOR,
     WorkerProcess,
     event_time,
+    job_progress,
+    job_result,
     put_workbook,
     report,
     sample_records,
@@ -93,8 +95,8 @@ async def test_three_sigkills_of_the_only_worker_neither_fail_nor_corrupt_the_ta
                 if resumed is None:
                     break
                 threshold = written_at_kill[-1] + KILL_RECORDS // 8
-            result = await asyncio.wait_for(enqueuer.wait(ref.job_id), 150)
-            progress = await enqueuer.progress(ref.job_id)
+            result = await asyncio.wait_for(job_result(enqueuer, ref.job_id), 150)
+            progress = await job_progress(enqueuer, ref.job_id)
         differences = store_differences(store, table_id, sample_records(api, "big"))
         checkpoint = store.get_checkpoint(table_id, ref.job_id)
         store.close()
@@ -169,7 +171,7 @@ async def test_sigterm_hands_the_table_over_to_the_other_worker_at_once(
                 None if resumed is None else (event_time(resumed) - termed_at).total_seconds()
             )
             exited = await asyncio.to_thread(_exit_status, holder, 30)
-            result = await asyncio.wait_for(enqueuer.wait(ref.job_id), 120)
+            result = await asyncio.wait_for(job_result(enqueuer, ref.job_id), 120)
         restarted = other.find("table_download_started", job_id=ref.job_id)
         differences = store_differences(store, table_id, sample_records(api, "big"))
         store.close()
