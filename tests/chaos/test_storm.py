@@ -153,6 +153,8 @@ async def test_two_processes_enqueuing_at_once_start_one_job_per_round(
             if child.poll() is None:
                 child.kill()
             child.wait()
+            if child.stderr is not None:
+                child.stderr.close()
         store.close()
     report("storm-2-processes", rounds=rounds, executions=len(executions))
     problems = []
