@@ -62,6 +62,10 @@ def _setup(
 
 
 KILL_RECORDS = 12_000
+# Seconds from a SIGKILL to the replacement worker resuming the table, its start-up
+# included: the target is 15 s (about 32 s with a 30 s heartbeat timeout); 20 s leaves
+# room for a busy machine.
+RESUME_BOUND = 20.0
 
 
 @pytest.mark.timeout(300)
@@ -116,9 +120,11 @@ async def test_three_sigkills_of_the_only_worker_neither_fail_nor_corrupt_the_ta
         problems.append(
             f"job {result.status.value}: {result.progress.tables[table_id].error or result}"
         )
-    slow = [s for s in resumes if s is None or s > 20]
+    slow = [s for s in resumes if s is None or s > RESUME_BOUND]
     if len(resumes) != 3 or slow:
-        problems.append(f"SIGKILL → resume took {resumes} s (want 3 resumes, each ≤ 20 s)")
+        problems.append(
+            f"SIGKILL → resume took {resumes} s (want 3 resumes, each ≤ {RESUME_BOUND:g} s)"
+        )
     if differences:
         problems.append(differences)
     if checkpoint is not None:
