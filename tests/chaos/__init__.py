@@ -1,0 +1,1 @@
+"""The chaos suite: concurrency and faults against real processes (issue 7)."""
