@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from pydantic import ValidationError
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from spinner_jobs.store.base import HeldLock, Store
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 _TABLE_EVENTS = {
     TableStatus.COMPLETED: EventKind.TABLE_COMPLETED,
@@ -83,12 +86,7 @@ class Enqueuer:
         from spinner_jobs.store import open_store
 
         own_store = store is None
-        # An enqueue waits for the store no longer than for the server.
-        store = store or open_store(
-            settings.store_url,
-            timeout=settings.enqueue_timeout.total_seconds(),
-            secret_key=settings.secret_key,
-        )
+        store = store or open_store(settings.store_url, secret_key=settings.secret_key)
         backend: JobBackend
         owned: list[Any] = []
         if settings.use_jobs:
@@ -168,7 +166,7 @@ class Enqueuer:
         job_id = f"download-records-{uuid.uuid4().hex[:16]}"
         # One trip to the store thread: look the workbook up, check the tables, lock them.
         # The store gives up within the enqueue timeout (StoreUnavailableError).
-        wanted, held = await asyncio.to_thread(self._reserve_tables, job, job_id)
+        wanted, held = await self._in_store(self._reserve_tables, job, job_id)
         try:
             if held:
                 await self._take_over_stale_locks(wanted, job_id, held)
@@ -184,7 +182,7 @@ class Enqueuer:
             # Nothing half-started: whatever stopped the job, its locks go back. If the
             # store is out too, the lock goes stale and the next enqueue takes it over.
             with contextlib.suppress(StoreUnavailableError):
-                await asyncio.to_thread(self.store.unlock_tables, wanted, job_id)
+                await self._in_store(self.store.unlock_tables, wanted, job_id)
             raise
         log.info(
             "job_enqueued",
@@ -202,6 +200,16 @@ class Enqueuer:
             table_ids=wanted,
             backend=self.backend.kind,
         )
+
+    async def _in_store(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a store call in a thread, waiting for the store no longer than an enqueue."""
+        limit = self.settings.enqueue_timeout.total_seconds()
+
+        def bounded() -> T:
+            with self.store.waiting_at_most(limit):
+                return call(*args)
+
+        return await asyncio.to_thread(bounded)
 
     def _validate(
         self,
@@ -302,7 +310,9 @@ class Enqueuer:
                 raise JobConflictError(holder, tables)
             stale.update(dict.fromkeys(tables, holder))
         log.warning("stale_locks_taken_over", job_id=job_id, stale=stale)
-        again = await asyncio.to_thread(self.store.lock_tables, table_ids, job_id, take_over=stale)
+        again = await self._in_store(
+            functools.partial(self.store.lock_tables, take_over=stale), table_ids, job_id
+        )
         if again:
             holder = sorted({lock.job_id for lock in again.values()})[0]
             raise JobConflictError(

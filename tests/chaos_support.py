@@ -34,15 +34,16 @@ import psycopg
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from connectors.demo import demo_record
-from connectors.sample_api import SampleApi
-from enqueuer import Actor, Enqueuer, wire
+from enqueuer import Actor, Enqueuer
 from enqueuer.backends.temporal import TemporalBackend
-from enqueuer.models import JobEvent, JobProgress, JobResult, Table, Workbook
 from enqueuer.settings import Settings
-from store.base import Store
+from spinner_jobs.connectors.demo import demo_record
+from spinner_jobs.core import wire
+from spinner_jobs.core.models import JobEvent, JobProgress, JobResult, Table, Workbook
+from spinner_jobs.shell.devserver import dev_server_args, port_open, temporal_cli
+from spinner_jobs.shell.sample_api import SampleApi
+from spinner_jobs.store.base import Store
 from tests.pg import OS_USER, find_bindir
-from worker.devserver import dev_server_args, port_open, temporal_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,6 +128,8 @@ def worker_env(
             "SPINNER_SERVICE_TYPE": "worker",
             "SPINNER_LOG_FORMAT": "json",
             "SPINNER_LOG_LEVEL": "info",
+            # The sources of these tests are loopback servers; opened on purpose.
+            "SPINNER_HTTP_ALLOWED_NETWORKS": "127.0.0.0/8",
         }
     )
     env.update({f"SPINNER_{key}": value for key, value in extra.items()})
@@ -141,7 +144,7 @@ class WorkerProcess:
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", "from enqueuer.cli import main; main()", "worker"],
+                [sys.executable, "-c", "from spinner_jobs.shell.cli import main; main()", "worker"],
                 env=dict(env),
                 stdout=out,
                 stderr=subprocess.STDOUT,

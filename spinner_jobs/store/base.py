@@ -7,6 +7,7 @@ thread (``asyncio.to_thread``). Every method is one transaction.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -66,6 +67,15 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Close every connection."""
+        ...
+
+    def waiting_at_most(self, seconds: float) -> AbstractContextManager[None]:
+        """Within the block, the calling thread's store calls wait at most ``seconds``.
+
+        The enqueuer runs its store calls in one, so an enqueue against a busy or
+        unavailable store fails within the enqueue timeout (``StoreUnavailableError``)
+        whatever the store waits for otherwise.
+        """
         ...
 
     # --- catalog ---------------------------------------------------------------------

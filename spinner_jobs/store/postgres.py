@@ -205,7 +205,7 @@ class PostgresStore:
             self._conninfo,
             autocommit=False,
             fallback_application_name="spinner-jobs",
-            connect_timeout=max(1, round(self._timeout)),
+            connect_timeout=max(1, round(self._wait_limit())),
         )
         try:
             # UTC sessions make returned timestamps independent of the server's zone.
@@ -234,7 +234,10 @@ class PostgresStore:
     def _tx(self) -> Iterator[_Conn]:
         """One transaction on this thread's connection: commit, or roll back on error."""
         conn = self._conn()
+        limit = getattr(self._local, "limit", None)
         try:
+            if limit is not None:  # a caller's tighter bound, for this transaction only
+                conn.execute(f"SET LOCAL lock_timeout = {int(limit * 1000)}")
             yield conn
         except BaseException:
             if conn.broken:
@@ -243,6 +246,20 @@ class PostgresStore:
                 conn.rollback()
             raise
         conn.commit()
+
+    @contextmanager
+    def waiting_at_most(self, seconds: float) -> Iterator[None]:
+        """Within the block, this thread's calls wait at most ``seconds`` for the database."""
+        before = getattr(self._local, "limit", None)
+        self._local.limit = seconds
+        try:
+            yield
+        finally:
+            self._local.limit = before
+
+    def _wait_limit(self) -> float:
+        limit: float | None = getattr(self._local, "limit", None)
+        return self._timeout if limit is None else limit
 
     @_translated
     def migrate(self) -> None:

@@ -167,9 +167,13 @@ class SqliteStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        if not self._write_lock.acquire(timeout=self._busy_timeout):
+        limit = self._wait_limit()
+        if getattr(self._local, "busy", None) != limit:
+            conn.execute(f"PRAGMA busy_timeout={int(limit * 1000)}")
+            self._local.busy = limit
+        if not self._write_lock.acquire(timeout=limit):
             raise sqlite3.OperationalError(
-                f"another writer in this process held the store for {self._busy_timeout:g}s"
+                f"another writer in this process held the store for {limit:g}s"
             )
         try:
             # IMMEDIATE takes the write lock up front, so two writers never deadlock
@@ -183,6 +187,20 @@ class SqliteStore:
             conn.execute("COMMIT")
         finally:
             self._write_lock.release()
+
+    @contextmanager
+    def waiting_at_most(self, seconds: float) -> Iterator[None]:
+        """Within the block, this thread's calls wait at most ``seconds`` for the file."""
+        before = getattr(self._local, "limit", None)
+        self._local.limit = seconds
+        try:
+            yield
+        finally:
+            self._local.limit = before
+
+    def _wait_limit(self) -> float:
+        limit: float | None = getattr(self._local, "limit", None)
+        return self._busy_timeout if limit is None else limit
 
     @_translated
     def migrate(self) -> None:

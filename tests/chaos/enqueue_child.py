@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from enqueuer import Enqueuer
-from enqueuer.errors import JobConflictError, JobNotFoundError
 from enqueuer.settings import Settings
+from spinner_jobs.core.errors import JobConflictError, JobNotFoundError
 from tests.chaos_support import ACTOR, job_progress
 
 

@@ -19,15 +19,16 @@ import pytest
 from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
-from activities.notify import open_webhook
-from connectors.registry import ConnectorRegistry
-from connectors.sample_api import SampleApi, SampleTable
 from enqueuer import Enqueuer, JobStatus
-from enqueuer.errors import StoreUnavailableError
-from enqueuer.models import Backend, JobRef
 from enqueuer.settings import Settings
-from store.postgres import PostgresStore
-from store.sqlite import SqliteStore
+from enqueuer.wiring import open_webhook
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.errors import StoreUnavailableError
+from spinner_jobs.core.models import Backend, JobRef
+from spinner_jobs.shell.sample_api import SampleApi, SampleTable
+from spinner_jobs.store.postgres import PostgresStore
+from spinner_jobs.store.sqlite import SqliteStore
+from spinner_jobs.worker.main import build_worker
 from tests.chaos_support import (
     ACTOR,
     PostgresServer,
@@ -50,7 +51,6 @@ from tests.chaos_support import (
     workers,
 )
 from tests.helpers import demo, eventually, temporal_enqueuer
-from worker.main import build_worker
 
 # --- PostgreSQL stopped for 30 s mid-job --------------------------------------------------
 
@@ -223,7 +223,7 @@ async def _hooked_enqueuer(
             except TimeoutError:
                 await enqueuer.aclose()
         return
-    webhook, http = open_webhook(settings.webhook)
+    webhook, http = open_webhook(settings)
     try:
         async with build_worker(dev_env.client, settings, store, connectors, webhook):
             yield temporal_enqueuer_on(dev_env.client, settings, store)

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.registry import ConnectorRegistry
 from enqueuer import JobStatus
-from enqueuer.errors import JobConflictError
-from enqueuer.models import JobRef
 from enqueuer.settings import Settings
-from store.base import Store
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry
+from spinner_jobs.core.errors import JobConflictError
+from spinner_jobs.core.models import JobRef
+from spinner_jobs.store.base import Store
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.chaos_support import (
     ACTOR,
     ROOT,

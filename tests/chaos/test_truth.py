@@ -24,13 +24,13 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.registry import ConnectorRegistry
 from enqueuer import Enqueuer, EventKind, JobStatus, TableStatus
-from enqueuer.errors import InvalidJobError, SpinnerError
-from enqueuer.models import Backend, JobEvent, JobProgress
 from enqueuer.settings import Settings
-from store.postgres import PostgresStore
-from store.sqlite import SqliteStore
+from spinner_jobs.connectors.registry import ConnectorRegistry, default_connectors
+from spinner_jobs.core.errors import InvalidJobError, SpinnerError
+from spinner_jobs.core.models import Backend, JobEvent, JobProgress
+from spinner_jobs.store.postgres import PostgresStore
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.chaos_support import (
     ACTOR,
     WorkerProcess,
@@ -256,19 +256,23 @@ async def test_a_page_with_a_duplicate_id_reports_the_records_stored(
     dev_env: WorkflowEnvironment,
     settings: Settings,
     sqlite_store: SqliteStore,
-    connectors: ConnectorRegistry,
     tmp_path: Path,
 ) -> None:
     lines = [{"id": "a", "v": 1}, {"id": "b", "v": 2}, {"id": "a", "v": 3}]
-    source = tmp_path / "dupes.jsonl"
-    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    root = tmp_path / "files"
+    root.mkdir()
+    (root / "dupes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     wb = f"wb_{uuid.uuid4().hex[:8]}"
     table_id = f"{wb}_t"
-    put_workbook(sqlite_store, wb, {table_id: ("files", {"path": str(source), "page_size": 10})})
-    async with _enqueuer(backend, dev_env, settings, sqlite_store, connectors) as enqueuer:
-        ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
-        result = await job_result(enqueuer, ref.job_id)
-        progress = await job_progress(enqueuer, ref.job_id)
+    put_workbook(sqlite_store, wb, {table_id: ("files", {"path": "dupes.jsonl", "page_size": 10})})
+    connectors = default_connectors(root)
+    try:
+        async with _enqueuer(backend, dev_env, settings, sqlite_store, connectors) as enqueuer:
+            ref = await enqueuer.enqueue_download_records_job(wb, ACTOR)
+            result = await job_result(enqueuer, ref.job_id)
+            progress = await job_progress(enqueuer, ref.job_id)
+    finally:
+        await connectors.aclose()
     # The last occurrence of an id wins, as an upsert of the page in order would have it.
     expected = {"a": {"id": "a", "v": 3}, "b": {"id": "b", "v": 2}}
     differences = store_differences(sqlite_store, table_id, expected)

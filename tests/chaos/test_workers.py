@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.sample_api import SampleApi, SampleTable
 from enqueuer import JobStatus
 from enqueuer.settings import Settings
-from store.sqlite import SqliteStore
+from spinner_jobs.shell.sample_api import SampleApi, SampleTable
+from spinner_jobs.store.sqlite import SqliteStore
 from tests.chaos_support import (
     ACTOR,
     WorkerProcess,
