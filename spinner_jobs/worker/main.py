@@ -76,6 +76,10 @@ def build_worker(
         default_heartbeat_throttle_interval=progress,
         max_concurrent_activities=max(8, settings.jobs.table_parallelism * 4),
         graceful_shutdown_timeout=timedelta(seconds=5),
+        # A job's workflow tasks stick to the worker that ran the last one; if that
+        # worker died they wait this long before any worker may take them. The SDK's
+        # 10 s would add to the heartbeat timeout on every crash resume.
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
     )
 
 
