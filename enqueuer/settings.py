@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -149,6 +149,13 @@ class Settings(BaseSettings):
     )
     enqueue_timeout: timedelta = Field(
         timedelta(seconds=5), description="Longest enqueue call, server connection included."
+    )
+    fairness_weights: dict[str, Annotated[float, Field(ge=0.001, le=1000)]] = Field(
+        default_factory=dict,
+        description="Dispatch weight per organization id, as JSON "
+        '(SPINNER_FAIRNESS_WEIGHTS=\'{"org_a": 2.0}\'): with a backlog, each organization '
+        "gets task-queue dispatches in proportion to its weight (0.001 to 1000); "
+        "unlisted ones weigh 1.0.",
     )
     metrics_port: int | None = Field(None, description="Prometheus /metrics port on the worker.")
     log_format: Literal["console", "json"] = Field("console", description="Log rendering.")

@@ -21,7 +21,12 @@ from store.base import Store
 from store.postgres import PostgresStore
 from store.sqlite import SqliteStore
 from tests.pg import fresh_schema, postgres_url  # noqa: F401  (session fixture)
-from worker.devserver import ensure_search_attributes, temporal_cli, temporal_test_server
+from worker.devserver import (
+    ensure_search_attributes,
+    scheduling_flags,
+    temporal_cli,
+    temporal_test_server,
+)
 
 configure_logging("console", "warning")
 
@@ -48,6 +53,8 @@ _FAST_DELETE_FLAGS = [
     'history.transferProcessorUpdateAckInterval="1s"',
     "--dynamic-config-value",
     'history.visibilityProcessorUpdateAckInterval="1s"',
+    # Task-queue priorities and fairness, as `spinner-jobs dev` sets them.
+    *scheduling_flags(),
 ]
 
 
