@@ -226,3 +226,33 @@ async def test_one_organizations_burst_does_not_starve_another(
     assert a_jobs < 50, f"{a_jobs} of A's jobs went before B's last: {dispatched}"
     a_downloads = others_before(download_order(recorder), b_tables)
     assert a_downloads < 50, f"{a_downloads} of A's downloads went first"
+
+
+async def test_an_organizations_weight_sets_its_share(
+    dev_env: WorkflowEnvironment,
+    settings: Settings,
+    sqlite_store: SqliteStore,
+    make_workbook: WorkbookFactory,
+) -> None:
+    heavy = make_workbook(org="org_a", **{f"a{i:02d}": demo(5, page_size=5) for i in range(30)})
+    light = make_workbook(org="org_b", **{f"b{i:02d}": demo(5, page_size=5) for i in range(30)})
+    weighted = settings.model_copy(update={"fairness_weights": {"org_a": 3.0}})
+    enq = temporal_enqueuer(dev_env.client, weighted, sqlite_store)
+    # B queues first: in enqueue order A would wait for all of B.
+    b_refs = await enqueue_each_table(enq, light.id, [t.id for t in light.tables], ORG_B, None)
+    a_refs = await enqueue_each_table(enq, heavy.id, [t.id for t in heavy.tables], ORG_A, None)
+    recorder = RecordingDemo()
+    try:
+        async with one_slot_worker(
+            dev_env.client, settings.temporal.task_queue, sqlite_store, recorder
+        ):
+            await until_downloads(recorder, lambda seen: len(seen) >= 20)
+            dispatched = await dispatch_order(dev_env.client, [*a_refs, *b_refs])
+            await terminate_open(dev_env.client, [*a_refs, *b_refs])
+    finally:
+        await terminate_open(dev_env.client, [*a_refs, *b_refs])
+    a_ids = {r.job_id for r in a_refs}
+    first = dispatched[:20]
+    a_share = sum(1 for j in first if j in a_ids)
+    # Weight 3 against 1: about 15 of the first 20 (equal weights would give 10).
+    assert a_share >= 13, f"A had {a_share} of the first 20 dispatches"
