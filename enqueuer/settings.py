@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     fairness_weights: dict[str, Annotated[float, Field(ge=0.001, le=1000)]] = Field(
         default_factory=dict,
         description="Dispatch weight per organization id, as JSON "
-        '(SPINNER_FAIRNESS_WEIGHTS=\'{"org_a": 2.0}\'): with a backlog, each organization '
+        "(SPINNER_FAIRNESS_WEIGHTS='{\"org_a\": 2.0}'): with a backlog, each organization "
         "gets task-queue dispatches in proportion to its weight (0.001 to 1000); "
         "unlisted ones weigh 1.0.",
     )
