@@ -26,6 +26,9 @@ from spinner_jobs.core.errors import (
     WorkerUnavailableError,
 )
 from spinner_jobs.core.models import (
+    DEFAULT_PRIORITY,
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
     Actor,
     DownloadRecordsJobInput,
     DownloadRecordsWorkflowInput,
@@ -141,6 +144,8 @@ class Enqueuer:
         actor: Actor | Mapping[str, Any],
         table_ids: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        *,
+        priority: int | None = None,
     ) -> JobRef:
         """Enqueue a download of the workbook's tables and return at once.
 
@@ -149,6 +154,10 @@ class Enqueuer:
             actor: who asks (user id + organization id); the workbook must be theirs.
             table_ids: tables to download; None for all of the workbook's tables.
             metadata: a JSON object carried with the job (size-capped).
+            priority: 1 (runs first) to 5 (runs last) when jobs wait for workers; None
+                for the default, 3. On Temporal it is the task-queue priority of the
+                job and of its activities; the in-process backend starts every job at
+                once and ignores it.
 
         Returns:
             The job reference (job id = Temporal workflow id).
@@ -163,6 +172,7 @@ class Enqueuer:
 
         """
         job = self._validate(workbook_id, actor, table_ids, metadata)
+        priority = _priority(priority)
         job_id = f"download-records-{uuid.uuid4().hex[:16]}"
         # One trip to the store thread: look the workbook up, check the tables, lock them.
         # The store gives up within the enqueue timeout (StoreUnavailableError).
@@ -177,7 +187,9 @@ class Enqueuer:
                 f"Download {len(wanted)} table{'s' * (len(wanted) != 1)} of workbook "
                 f"{job.workbook_id} for user {job.actor.user_id}"
             )
-            run_id = await self.backend.start(self._workflow_input(job_id, job, wanted), summary)
+            run_id = await self.backend.start(
+                self._workflow_input(job_id, job, wanted, priority), summary
+            )
         except BaseException:
             # Nothing half-started: whatever stopped the job, its locks go back. If the
             # store is out too, the lock goes stale and the next enqueue takes it over.
@@ -320,7 +332,11 @@ class Enqueuer:
             )
 
     def _workflow_input(
-        self, job_id: str, job: DownloadRecordsJobInput, table_ids: list[str]
+        self,
+        job_id: str,
+        job: DownloadRecordsJobInput,
+        table_ids: list[str],
+        priority: int = DEFAULT_PRIORITY,
     ) -> DownloadRecordsWorkflowInput:
         s = self.settings
         webhook_retry = None
@@ -340,6 +356,8 @@ class Enqueuer:
             heartbeat_timeout=s.jobs.heartbeat_timeout,
             table_timeout=s.jobs.table_timeout,
             webhook_retry=webhook_retry,
+            priority=priority,
+            fairness_weight=s.fairness_weights.get(job.actor.organization_id),
         )
 
     # --- follow ------------------------------------------------------------------------
@@ -451,3 +469,21 @@ def _organization(actor: Actor | Mapping[str, Any]) -> str:
         first = exc.errors()[0]
         field = ".".join(["actor", *(str(p) for p in first["loc"])])
         raise InvalidJobError(field, first["msg"]) from None
+
+
+def _priority(priority: object) -> int:
+    """The job's task-queue priority: an int from 1 to 5, or None for the default."""
+    if priority is None:
+        return DEFAULT_PRIORITY
+    # bool is an int subclass: True must not pass for priority 1.
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not HIGHEST_PRIORITY <= priority <= LOWEST_PRIORITY
+    ):
+        raise InvalidJobError(
+            "priority",
+            f"{priority!r} is not an integer from {HIGHEST_PRIORITY} (runs first) to "
+            f"{LOWEST_PRIORITY} (runs last); pass None for the default, {DEFAULT_PRIORITY}",
+        )
+    return priority

@@ -156,6 +156,13 @@ class Settings(BaseSettings):
     enqueue_timeout: timedelta = Field(
         timedelta(seconds=5), description="Longest enqueue call, server connection included."
     )
+    fairness_weights: dict[str, Annotated[float, Field(ge=0.001, le=1000)]] = Field(
+        default_factory=dict,
+        description="Dispatch weight per organization id, as JSON "
+        "(SPINNER_FAIRNESS_WEIGHTS='{\"org_a\": 2.0}'): with a backlog, each organization "
+        "gets task-queue dispatches in proportion to its weight (0.001 to 1000); "
+        "unlisted ones weigh 1.0.",
+    )
     metrics_port: int | None = Field(None, description="Prometheus /metrics port on the worker.")
     log_format: Literal["console", "json"] = Field("console", description="Log rendering.")
     log_level: str = Field("info", description="Lowest log level printed.")

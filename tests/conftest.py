@@ -19,6 +19,7 @@ from spinner_jobs.core import wire
 from spinner_jobs.core.models import Table, Workbook
 from spinner_jobs.shell.devserver import (
     ensure_search_attributes,
+    scheduling_flags,
     temporal_cli,
     temporal_test_server,
 )
@@ -52,6 +53,8 @@ _FAST_DELETE_FLAGS = [
     'history.transferProcessorUpdateAckInterval="1s"',
     "--dynamic-config-value",
     'history.visibilityProcessorUpdateAckInterval="1s"',
+    # Task-queue priorities and fairness, as `spinner-jobs dev` sets them.
+    *scheduling_flags(),
 ]
 
 

@@ -131,7 +131,11 @@ class InProcessBackend:
         self._durations: deque[tuple[str, timedelta]] = deque(maxlen=DEFAULT_SAMPLE * 8)
 
     async def start(self, input: DownloadRecordsWorkflowInput, summary: str) -> str | None:
-        """Start the job as a task; returns no run id."""
+        """Start the job as a task; returns no run id.
+
+        Every job starts at once (there is no queue to wait in), so the job's
+        ``priority`` and its organization's fairness weight play no part here.
+        """
         live: dict[str, tuple[TableCheckpoint, int]] = {}
         ops = _LocalOps(input, self._activities, live, self._deliveries)
         job = _Job(run=JobRun(input, ops), live=live)

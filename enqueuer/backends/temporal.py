@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable
 from datetime import timedelta
@@ -16,7 +17,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import Priority, SearchAttributePair, TypedSearchAttributes
 from temporalio.converter import PayloadCodec
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.runtime import Runtime
@@ -76,6 +77,22 @@ async def connect_client(
         tls=settings.tls,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
         runtime=runtime,
+    )
+
+
+def job_priority(input: DownloadRecordsWorkflowInput) -> Priority:
+    """The job's task-queue priority; its activities and child workflows inherit it.
+
+    The organization is the fairness key: with a backlog, the server hands out tasks
+    round-robin across organizations (in proportion to their weights) within each
+    priority level, so one organization's burst cannot starve the others. A key may
+    be at most 64 bytes: a longer organization id is replaced by a digest of it.
+    """
+    key = input.job.actor.organization_id
+    if len(key.encode()) > 64:
+        key = "org-" + hashlib.sha256(key.encode()).hexdigest()[:48]
+    return Priority(
+        priority_key=input.priority, fairness_key=key, fairness_weight=input.fairness_weight
     )
 
 
@@ -164,6 +181,7 @@ class TemporalBackend:
                 # With a worker of this task queue on this client (a monolith), the
                 # server hands the first workflow task straight back: one round trip less.
                 request_eager_start=True,
+                priority=job_priority(input),
                 rpc_timeout=self._timeout,
             )
         )

@@ -25,6 +25,10 @@ NonEmptyStr = Annotated[
 ]
 
 JOB_TYPE_DOWNLOAD_RECORDS = "download-records"
+# Task-queue priorities: 1 runs first, 5 last; a job that names none gets the middle one.
+HIGHEST_PRIORITY = 1
+LOWEST_PRIORITY = 5
+DEFAULT_PRIORITY = 3
 
 RecordRow = tuple[str, Mapping[str, Any]]
 """A record as a bare ``(remote_id, fields)`` pair: what pages carry on the hot path."""
@@ -266,6 +270,18 @@ class DownloadRecordsWorkflowInput(_Model):
     table_timeout: timedelta
     webhook_retry: RetryOptions | None = Field(
         None, description="Retry policy of webhook deliveries; None when no webhook is set."
+    )
+    priority: int = Field(
+        DEFAULT_PRIORITY,
+        ge=HIGHEST_PRIORITY,
+        le=LOWEST_PRIORITY,
+        description="Task-queue priority of the job and its activities: 1 first, 5 last.",
+    )
+    fairness_weight: float | None = Field(
+        None,
+        gt=0,
+        description="Share of dispatch of the job's organization against the others "
+        "(its fairness key); None for the server's default of 1.0.",
     )
 
 

@@ -68,6 +68,26 @@ def port_open(address: str, timeout: float = 0.3) -> bool:
         return False
 
 
+# Dynamic config of Temporal server 1.32 that task-queue priorities and per-organization
+# fairness need. The priority matcher is off by default; fairness (which implies it)
+# is too. One partition per task queue: priority and fairness order tasks within a
+# partition, and a dev server has no load to spread over several.
+SCHEDULING_DYNAMIC_CONFIG: dict[str, str] = {
+    "matching.useNewMatcher": "true",
+    "matching.enableFairness": "true",
+    "matching.numTaskqueueReadPartitions": "1",
+    "matching.numTaskqueueWritePartitions": "1",
+}
+
+
+def scheduling_flags() -> list[str]:
+    """``--dynamic-config-value`` flags turning on priorities and fairness."""
+    flags: list[str] = []
+    for key, value in SCHEDULING_DYNAMIC_CONFIG.items():
+        flags += ["--dynamic-config-value", f"{key}={value}"]
+    return flags
+
+
 def dev_server_args(address: str, ui_port: int, db_file: Path | None, namespace: str) -> list[str]:
     """Arguments of ``temporal server start-dev`` for this engine."""
     host, _, port = address.rpartition(":")
@@ -85,6 +105,7 @@ def dev_server_args(address: str, ui_port: int, db_file: Path | None, namespace:
         "--log-level",
         "warn",
         *wire.dev_server_search_attribute_flags(),
+        *scheduling_flags(),
     ]
     if db_file is not None:
         # WAL + normal sync: in-memory speed that still survives a restart.
