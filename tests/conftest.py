@@ -12,11 +12,14 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.download import DownloadActivities
+from enqueuer import Enqueuer
+from enqueuer.backends.inprocess import InProcessBackend
 from enqueuer.logs import configure_logging
 from enqueuer.settings import Settings
 from spinner_jobs.connectors.registry import ConnectorRegistry, default_connectors
 from spinner_jobs.core import wire
-from spinner_jobs.core.models import Table, Workbook
+from spinner_jobs.core.models import Backend, Table, Workbook
 from spinner_jobs.shell.devserver import (
     ensure_search_attributes,
     scheduling_flags,
@@ -26,6 +29,7 @@ from spinner_jobs.shell.devserver import (
 from spinner_jobs.store.base import Store
 from spinner_jobs.store.postgres import PostgresStore
 from spinner_jobs.store.sqlite import SqliteStore
+from tests.helpers import temporal_enqueuer
 from tests.pg import fresh_schema, postgres_url  # noqa: F401  (session fixture)
 
 configure_logging("console", "warning")
@@ -155,3 +159,22 @@ def make_workbook(sqlite_store: SqliteStore) -> WorkbookFactory:
         return workbook
 
     return make
+
+
+@pytest.fixture(params=[Backend.TEMPORAL, Backend.IN_PROCESS], ids=["temporal", "in-process"])
+async def enqueuer(
+    request: pytest.FixtureRequest,
+    settings: Settings,
+    sqlite_store: SqliteStore,
+    connectors: ConnectorRegistry,
+    dev_env: WorkflowEnvironment,
+) -> AsyncIterator[Enqueuer]:
+    """An Enqueuer on each backend in turn: Temporal with a real worker, and in-process."""
+    if request.param == Backend.TEMPORAL:
+        async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enq:
+            yield enq
+    else:
+        backend = InProcessBackend(DownloadActivities(sqlite_store, connectors), settings.retention)
+        enq = Enqueuer(settings.model_copy(update={"use_jobs": False}), sqlite_store, backend)
+        yield enq
+        await enq.aclose()

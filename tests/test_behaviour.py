@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from temporalio.testing import WorkflowEnvironment
 
-from activities.download import DownloadActivities
 from enqueuer import (
     Actor,
     Enqueuer,
@@ -25,33 +22,11 @@ from enqueuer import (
     TableStatus,
     WorkbookNotFoundError,
 )
-from enqueuer.backends.inprocess import InProcessBackend
 from enqueuer.backends.temporal import TemporalBackend
-from enqueuer.settings import Settings
-from spinner_jobs.connectors.registry import ConnectorRegistry
-from spinner_jobs.core.models import Backend
 from spinner_jobs.store.sqlite import SqliteStore
-from tests.helpers import demo, eventually, temporal_enqueuer
+from tests.helpers import demo, eventually
 
 ACTOR = Actor(user_id="u_1", organization_id="org_1")
-
-
-@pytest.fixture(params=[Backend.TEMPORAL, Backend.IN_PROCESS], ids=["temporal", "in-process"])
-async def enqueuer(
-    request: pytest.FixtureRequest,
-    settings: Settings,
-    sqlite_store: SqliteStore,
-    connectors: ConnectorRegistry,
-    dev_env: WorkflowEnvironment,
-) -> AsyncIterator[Enqueuer]:
-    if request.param == Backend.TEMPORAL:
-        async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enq:
-            yield enq
-    else:
-        backend = InProcessBackend(DownloadActivities(sqlite_store, connectors), settings.retention)
-        enq = Enqueuer(settings.model_copy(update={"use_jobs": False}), sqlite_store, backend)
-        yield enq
-        await enq.aclose()
 
 
 async def test_enqueue_returns_at_once_and_downloads_every_record(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from temporalio import workflow
@@ -18,36 +17,16 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.download import DownloadActivities
 from enqueuer import Actor, Enqueuer, JobNotFoundError, JobStatus
-from enqueuer.backends.inprocess import InProcessBackend
 from enqueuer.settings import Settings
 from spinner_jobs.connectors.registry import ConnectorRegistry
-from spinner_jobs.core.models import Backend, ConnectorAccount, Table, TableStatus, Workbook
+from spinner_jobs.core.models import ConnectorAccount, Table, TableStatus, Workbook
 from spinner_jobs.shell.sample_api import SampleApi, SampleTable
 from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import demo, eventually, temporal_enqueuer
 
 OWNER = Actor(user_id="u_a", organization_id="org_a")
 INTRUDER = Actor(user_id="u_b", organization_id="org_b")
-
-
-@pytest.fixture(params=[Backend.TEMPORAL, Backend.IN_PROCESS], ids=["temporal", "in-process"])
-async def enqueuer(
-    request: pytest.FixtureRequest,
-    settings: Settings,
-    sqlite_store: SqliteStore,
-    connectors: ConnectorRegistry,
-    dev_env: WorkflowEnvironment,
-) -> AsyncIterator[Enqueuer]:
-    if request.param == Backend.TEMPORAL:
-        async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enq:
-            yield enq
-    else:
-        backend = InProcessBackend(DownloadActivities(sqlite_store, connectors), settings.retention)
-        enq = Enqueuer(settings.model_copy(update={"use_jobs": False}), sqlite_store, backend)
-        yield enq
-        await enq.aclose()
 
 
 async def _first_event(enqueuer: Enqueuer, job_id: str, actor: Actor) -> object:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 import structlog
 from temporalio.api.enums.v1 import IndexedValueType
@@ -173,7 +174,14 @@ class DevServer:
 def _spawn(args: list[str], db_file: Path | None, log_file: Path | None) -> subprocess.Popen[bytes]:
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    if log_file is None:
+        return _popen(args, subprocess.DEVNULL)
+    # The child keeps its own handle on the log; this process closes its copy.
+    with open(log_file, "ab") as out:
+        return _popen(args, out)
+
+
+def _popen(args: list[str], out: IO[bytes] | int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         args,
         stdout=out,
