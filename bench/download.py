@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -35,6 +36,7 @@ import httpx  # noqa: E402
 from bench.common import dev_server, print_table  # noqa: E402
 from enqueuer import Actor, Enqueuer, JobStatus  # noqa: E402
 from enqueuer.backends.temporal import TemporalBackend, connect_client  # noqa: E402
+from enqueuer.codec import payload_codec  # noqa: E402
 from enqueuer.logs import configure_logging  # noqa: E402
 from enqueuer.settings import Settings  # noqa: E402
 from spinner_jobs.core.models import Table, Workbook  # noqa: E402
@@ -62,7 +64,13 @@ def warm(api: SampleApi, names: list[str]) -> None:
 
 
 async def engine_run(
-    address: str, db_url: str, api: SampleApi, names: list[str], folder: Path, parallelism: int
+    address: str,
+    db_url: str,
+    api: SampleApi,
+    names: list[str],
+    folder: Path,
+    parallelism: int,
+    payload_key: str | None = None,
 ) -> tuple[int, float, float]:
     task_queue = f"bench-{uuid.uuid4().hex[:6]}"
     settings = Settings(
@@ -70,6 +78,7 @@ async def engine_run(
         database_url=db_url,
         temporal={"address": address, "task_queue": task_queue},
         jobs={"table_parallelism": parallelism},
+        payload_key=payload_key,
     )
     store = open_store(db_url)
     store.put_workbook(
@@ -97,6 +106,7 @@ async def engine_run(
         "SPINNER_HTTP_ALLOWED_NETWORKS": "127.0.0.0/8",  # the sample source is on loopback
         "SPINNER_JOBS_TABLE_PARALLELISM": str(parallelism),
         "SPINNER_LOG_LEVEL": "warning",
+        **({"SPINNER_PAYLOAD_KEY": payload_key} if payload_key else {}),
     }
     with (folder / f"worker-{task_queue}.log").open("wb") as log:
         worker = subprocess.Popen(  # noqa: ASYNC220 - returns at once
@@ -107,7 +117,7 @@ async def engine_run(
             cwd=ROOT,
         )
     try:
-        client = await connect_client(settings.temporal)
+        client = await connect_client(settings.temporal, codec=payload_codec(settings.payload_key))
         enqueuer = Enqueuer(
             settings, store, TemporalBackend(settings.temporal, settings.enqueue_timeout, client)
         )
@@ -176,6 +186,11 @@ async def main() -> None:
     parser.add_argument(
         "--stores", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
     )
+    parser.add_argument(
+        "--codec",
+        action="store_true",
+        help="also run the engine with SPINNER_PAYLOAD_KEY set (payload encryption)",
+    )
     args = parser.parse_args()
     configure_logging("console", "warning")
     names = [f"t{i:02d}" for i in range(args.tables)]
@@ -235,6 +250,26 @@ async def main() -> None:
                         f"{label}: engine/plain = {e_rate / p_rate:.2f}  (target >= 0.90); "
                         f"worker peak RSS {e_rss:.0f} MB (target <= 300)"
                     )
+                    if args.codec:
+                        print(f"{label}: engine run with payload encryption...", flush=True)
+                        key = base64.b64encode(os.urandom(32)).decode()
+                        c_records, c_seconds, c_rss = await engine_run(
+                            address, engine_db, api, names, folder, args.parallelism, key
+                        )
+                        assert c_records == total, c_records
+                        c_rate = c_records / c_seconds
+                        rows.append(
+                            [
+                                label,
+                                "engine, SPINNER_PAYLOAD_KEY set",
+                                f"{c_seconds:.1f}",
+                                f"{c_rate:,.0f}",
+                                f"{c_rss:.0f}",
+                            ]
+                        )
+                        ratios.append(
+                            f"{label}: engine with payload codec / without = {c_rate / e_rate:.2f}"
+                        )
     print_table(
         f"Download of {args.tables} tables x {args.records:,} records (pages of 1,000, "
         f"{args.parallelism} tables at once) from a loopback HTTP source",
