@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from temporalio.client import Client
     from temporalio.runtime import Runtime
 
-    from enqueuer.codec import EncryptionCodec
+    from enqueuer.codec import CodecServer, EncryptionCodec
     from spinner_jobs.store import Store
 
 app = typer.Typer(
@@ -122,15 +122,39 @@ async def _dev(settings: Settings) -> None:
     from spinner_jobs.worker.metrics import metrics_runtime
 
     stop = await _stop_on_signals()
-    async with _temporal_server(settings, metrics_runtime(settings.metrics_port)) as client:
-        console.print(f"Web UI: {settings.temporal.ui_url}   (Ctrl-C stops everything)")
-        tune_gc()
-        await run_worker(settings, client, stop)
+    codec_server = _ui_codec_server(settings)
+    endpoint = None
+    if codec_server is not None:
+        assert settings.codec.token is not None
+        endpoint = f"{codec_server.start()}/{settings.codec.token.get_secret_value()}"
+        console.print(f"Codec server for the Web UI on {codec_server.url}")
+    try:
+        async with _temporal_server(
+            settings, metrics_runtime(settings.metrics_port), ui_codec_endpoint=endpoint
+        ) as client:
+            console.print(f"Web UI: {settings.temporal.ui_url}   (Ctrl-C stops everything)")
+            tune_gc()
+            await run_worker(settings, client, stop)
+    finally:
+        if codec_server is not None:
+            codec_server.stop()
+
+
+def _ui_codec_server(settings: Settings) -> CodecServer | None:
+    """With payloads encrypted and a codec token set, a codec server for the dev Web UI."""
+    from enqueuer.codec import CodecServer
+
+    codec = _codec(settings)
+    c = settings.codec
+    if codec is None or c.token is None:
+        return None
+    origins = [o.strip() for o in c.origins.split(",") if o.strip()]
+    return CodecServer(codec, c.token, origins, host=c.host, port=c.port)
 
 
 @asynccontextmanager
 async def _temporal_server(
-    settings: Settings, runtime: Runtime | None = None
+    settings: Settings, runtime: Runtime | None = None, *, ui_codec_endpoint: str | None = None
 ) -> AsyncIterator[Client]:
     """Reuse a running Temporal server at the configured address, or start the dev server.
 
@@ -153,6 +177,7 @@ async def _temporal_server(
             db_file=data / "temporal.db",
             namespace=t.namespace,
             log_file=data / "temporal.log",
+            ui_codec_endpoint=ui_codec_endpoint,
         )
     try:
         client = await TemporalBackend(
@@ -498,19 +523,16 @@ def codec_server() -> None:
     Needs SPINNER_PAYLOAD_KEY and SPINNER_CODEC_TOKEN; listens on SPINNER_CODEC_HOST /
     SPINNER_CODEC_PORT and allows the browser origins of SPINNER_CODEC_ORIGINS.
     """
-    from enqueuer.codec import CodecServer
-
     settings = _settings()
-    codec = _codec(settings)
-    if codec is None:
+    if settings.payload_key is None:
         raise typer.BadParameter("SPINNER_PAYLOAD_KEY is not set: there is nothing to decode")
-    c = settings.codec
-    if c.token is None:
+    if settings.codec.token is None:
         raise typer.BadParameter(
             "SPINNER_CODEC_TOKEN is not set; the codec server refuses to serve without one"
         )
-    origins = [o.strip() for o in c.origins.split(",") if o.strip()]
-    server = CodecServer(codec, c.token, origins, host=c.host, port=c.port)
+    server = _ui_codec_server(settings)
+    assert server is not None
+    origins = [o.strip() for o in settings.codec.origins.split(",") if o.strip()]
     console.print(
         f"Codec server on {server.url} for {', '.join(origins)}; requests need "
         f"Authorization: Bearer $SPINNER_CODEC_TOKEN, or use {server.url}/<token> as the "

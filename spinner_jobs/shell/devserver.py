@@ -138,9 +138,16 @@ class DevServer:
         namespace: str = "default",
         log_file: Path | None = None,
         startup_timeout: float = 60.0,
+        ui_codec_endpoint: str | None = None,
     ) -> DevServer:
-        """Start the dev server and wait until it accepts connections."""
+        """Start the dev server and wait until it accepts connections.
+
+        ``ui_codec_endpoint``, if given, is the remote codec the Web UI decodes payloads
+        with (``spinner-jobs codec-server``).
+        """
         args = [str(temporal_cli()), *dev_server_args(address, ui_port, db_file, namespace)]
+        if ui_codec_endpoint:
+            args += ["--ui-codec-endpoint", ui_codec_endpoint]
         process = await asyncio.to_thread(_spawn, args, db_file, log_file)
         server = cls(process, address)
         loop = asyncio.get_running_loop()
