@@ -406,3 +406,37 @@ async def test_review_http_secret_in_params_is_refused_or_never_echoed(
     finally:
         await connector.aclose()
     assert token not in str(caught.value)
+
+
+async def test_review_http_source_ignoring_offset_in_varying_order_is_a_cycle(
+    raw_server: Callable[..., Awaitable[int]],
+) -> None:
+    """A source that ignores `offset` is detected only if it repeats the page verbatim.
+
+    Here it answers the same two records every time, in alternating order: no two
+    consecutive pages are equal, so the read never ends (records counting up, two
+    stored) until the table timeout, three times.
+    """
+    requests = 0
+
+    async def same_records(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        await reader.readuntil(b"\r\n\r\n")
+        requests += 1
+        body = b'[{"id": 1}, {"id": 2}]' if requests % 2 else b'[{"id": 2}, {"id": 1}]'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    port = await raw_server(same_records)
+    connector = HttpConnector(allowed_networks=["127.0.0.0/8"])
+    table = _http_table(port, paginator={"type": "offset", "limit": 2})
+    try:
+        with pytest.raises(SpinnerError):
+            await asyncio.wait_for(_read_all(connector, table), 10)
+    finally:
+        await connector.aclose()
+    assert requests < 50
