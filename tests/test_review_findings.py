@@ -440,3 +440,15 @@ async def test_review_http_source_ignoring_offset_in_varying_order_is_a_cycle(
     finally:
         await connector.aclose()
     assert requests < 50
+
+
+def test_review_oracle_cloud_metadata_address_is_refused() -> None:
+    """192.0.0.192 (Oracle Cloud's instance metadata) is in 192.0.0.0/24, which IANA marks
+    not globally reachable; Python 3.11.7's ``ipaddress`` calls it global, so the guard
+    (which trusts ``is_global``/``is_private``) lets a table config reach it.
+    """
+    connector = HttpConnector()
+    with pytest.raises(SpinnerError):
+        connector.validate_config(
+            {"base_url": "http://192.0.0.192/opc/v1/instance/", "paginator": "single_page"}
+        )
