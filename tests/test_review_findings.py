@@ -34,6 +34,7 @@ from spinner_jobs.core.errors import InvalidJobError, JobConflictError, SpinnerE
 from spinner_jobs.core.models import Actor, JobStatus, Table, TableCheckpoint, Workbook
 from spinner_jobs.store.base import Lease
 from spinner_jobs.store.sqlite import SqliteStore
+from tests.helpers import temporal_enqueuer
 
 ORG_A = Actor(user_id="alice", organization_id="org_a")
 ORG_B = Actor(user_id="bob", organization_id="org_b")
@@ -452,3 +453,44 @@ def test_review_oracle_cloud_metadata_address_is_refused() -> None:
         connector.validate_config(
             {"base_url": "http://192.0.0.192/opc/v1/instance/", "paginator": "single_page"}
         )
+
+
+# --- 6. an enqueue interrupted after the server accepted the start -------------------------
+
+
+async def test_review_enqueue_cancelled_after_start_leaves_no_lockless_job(
+    dev_env: Any,
+    settings: Settings,
+    sqlite_store: SqliteStore,
+    connectors: ConnectorRegistry,
+    make_workbook: Callable[..., Workbook],
+) -> None:
+    """A caller's timeout (asyncio cancellation) landing once the server has the start.
+
+    The enqueue's clean-up gives the tables' locks back, but the workflow is running:
+    it then fails every table with LockLostError (and sends job.failed) for a job the
+    caller was told did not start. Either the started job must be stopped too, or it
+    must keep its locks and run. The cancellation is injected right after the real
+    start RPC returns, the moment a caller-side timeout can hit in production.
+    """
+    workbook = make_workbook(t1={"records": 50, "page_size": 10})
+    actor = Actor(user_id="u1", organization_id=workbook.organization_id)
+    started: list[str] = []
+    async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enq:
+        real_start = enq.backend.start
+
+        async def start_then_cancelled(input: Any, summary: str) -> str | None:
+            await real_start(input, summary)
+            started.append(input.job_id)
+            raise asyncio.CancelledError
+
+        enq.backend.start = start_then_cancelled  # type: ignore[method-assign]
+        with pytest.raises(asyncio.CancelledError):
+            await enq.enqueue_download_records_job(workbook.id, actor)
+        [job_id] = started
+        handle = dev_env.client.get_workflow_handle(job_id)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(handle.result(), 30)
+        description = await handle.describe()
+        assert description.status is not None
+        assert description.status.name != "FAILED", "the job ran without its locks and failed"
