@@ -11,6 +11,8 @@ are meant for the source's errors.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -196,6 +198,10 @@ class DownloadActivities:
 
     # --- engine-neutral core -----------------------------------------------------------
 
+    async def touch_locks(self, job_id: str) -> None:
+        """Keep the job's locks young (the in-process backend's liveness signal)."""
+        await self._store_call(self._store.touch_locks, job_id, job_id=job_id)
+
     async def sync_table(
         self,
         input: DownloadTableInput,
@@ -232,7 +238,15 @@ class DownloadActivities:
             stored = await self._store_call(
                 self._store.get_checkpoint, table.id, input.job_id, job_id=input.job_id
             )
-            checkpoint = start = stored or TableCheckpoint()
+            fingerprint = config_fingerprint(table)
+            if stored is not None and stored.pages and stored.config != fingerprint:
+                # The table's config was replaced while this job retried: its pages so
+                # far came from the old source. Start over, so the table ends as the
+                # new source has it and never as a splice of both.
+                tlog.warning("table_config_changed_restarting", pages=stored.pages)
+                await self._store_call(self._store.restart_table, lease, job_id=input.job_id)
+                stored = None
+            checkpoint = start = stored or TableCheckpoint(config=fingerprint)
             if start.pages:
                 tlog.info(
                     "table_download_resumed",
@@ -252,6 +266,7 @@ class DownloadActivities:
                         cursor=page.next_cursor,
                         records=checkpoint.records + len(records),
                         pages=checkpoint.pages + 1,
+                        config=fingerprint,
                     )
                     await self._store_call(
                         self._store.write_page, lease, records, written, job_id=input.job_id
@@ -349,6 +364,14 @@ class InvalidAccountError(PermanentSourceError):
             "organization does not have; create the account for this organization "
             "(`spinner-jobs account create`) or fix the table's account_id"
         )
+
+
+def config_fingerprint(table: Table) -> str:
+    """A short digest of what a table reads from: connector, config and account."""
+    body = json.dumps(
+        [table.connector, table.config, table.account_id], sort_keys=True, default=str
+    )
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def _distinct(records: Sequence[RecordRow]) -> Sequence[RecordRow]:

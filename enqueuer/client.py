@@ -20,6 +20,7 @@ from spinner_jobs.core.errors import (
     InvalidJobError,
     JobConflictError,
     QueueFullError,
+    SpinnerError,
     StoreUnavailableError,
     TableNotFoundError,
     WorkbookNotFoundError,
@@ -71,6 +72,7 @@ class Enqueuer:
     def __init__(self, settings: Settings, store: Store, backend: JobBackend) -> None:
         self.settings = settings
         self.store = store
+        self._cleanups: set[asyncio.Future[Any]] = set()
         self.backend = backend
         self._owned: list[Any] = []
 
@@ -128,6 +130,7 @@ class Enqueuer:
         A Temporal client the enqueuer connected is let go, so the SDK's threads can
         stop before the interpreter exits (see ``enqueuer.exits``).
         """
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self.backend.aclose()
         for thing in reversed(self._owned):
             if hasattr(thing, "aclose"):
@@ -187,9 +190,20 @@ class Enqueuer:
                 f"Download {len(wanted)} table{'s' * (len(wanted) != 1)} of workbook "
                 f"{job.workbook_id} for user {job.actor.user_id}"
             )
-            run_id = await self.backend.start(
-                self._workflow_input(job_id, job, wanted, priority), summary
+            starting = asyncio.ensure_future(
+                self.backend.start(self._workflow_input(job_id, job, wanted, priority), summary)
             )
+            try:
+                run_id = await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                # The caller gave up, but the server may accept the start all the same:
+                # let it finish, then keep the locks (the job runs) or give them back.
+                starting.add_done_callback(
+                    lambda done: self._after_abandoned_start(done, wanted, job_id)
+                )
+                raise _Abandoned from None
+        except _Abandoned:
+            raise asyncio.CancelledError from None
         except BaseException:
             # Nothing half-started: whatever stopped the job, its locks go back. If the
             # store is out too, the lock goes stale and the next enqueue takes it over.
@@ -212,6 +226,30 @@ class Enqueuer:
             table_ids=wanted,
             backend=self.backend.kind,
         )
+
+    def _after_abandoned_start(
+        self, start: asyncio.Future[str | None], tables: list[str], job_id: str
+    ) -> None:
+        """A start whose caller was cancelled has ended: settle its locks in the background."""
+        settle = asyncio.ensure_future(self._settle_abandoned(tables, job_id))
+        self._cleanups.add(settle)
+        settle.add_done_callback(self._cleanups.discard)
+
+    async def _settle_abandoned(self, tables: list[str], job_id: str) -> None:
+        """Keep the locks if the job exists (it runs, or ran), give them back if it does not.
+
+        When the backend cannot say, the locks stay: a job that does not exist leaves a
+        lock that the next enqueue takes over after the grace, while a job that runs
+        without its locks could not write at all.
+        """
+        try:
+            state = await self.backend.holder_state(job_id)
+        except SpinnerError:
+            return
+        if state == "unknown":
+            await self._in_store(self.store.unlock_tables, tables, job_id)
+        else:
+            log.warning("job_started_after_enqueue_cancelled", job_id=job_id, tables=tables)
 
     async def _in_store(self, call: Callable[..., T], *args: Any) -> T:
         """Run a store call in a thread, waiting for the store no longer than an enqueue."""
@@ -238,7 +276,12 @@ class Enqueuer:
                 raise InvalidJobError(
                     "table_ids", f"must be a list of table ids, not {type(table_ids).__name__}"
                 )
-            repeated = sorted({t for t in table_ids if table_ids.count(t) > 1}, key=str)
+            strange = [t for t in table_ids if not isinstance(t, str)]
+            if strange:
+                raise InvalidJobError(
+                    "table_ids", f"must be table id strings, not {type(strange[0]).__name__}"
+                )
+            repeated = sorted({t for t in table_ids if table_ids.count(t) > 1})
             if repeated:
                 raise InvalidJobError("table_ids", f"repeated ids {repeated}; list each table once")
         try:
@@ -457,6 +500,10 @@ class Enqueuer:
                 return
             last = progress
             await asyncio.sleep(interval)
+
+
+class _Abandoned(Exception):  # noqa: N818
+    """The caller cancelled an enqueue while its start was in flight (handled there)."""
 
 
 def _organization(actor: Actor | Mapping[str, Any]) -> str:

@@ -44,6 +44,9 @@ from workflows.orchestration import JobRun, TableAttemptFailedError, TableFailed
 
 log = structlog.get_logger(__name__)
 
+LOCK_TOUCH_INTERVAL = 2.0
+"""Seconds between two touches of a running job's locks (under the 5 s minimum grace)."""
+
 
 class _Deliveries:
     """Delivers webhook events in order, in the background, with their own retries.
@@ -146,8 +149,22 @@ class InProcessBackend:
         )
         return None
 
+    async def _keep_locks(self, job_id: str) -> None:
+        """While the job runs, keep its locks young.
+
+        Another process's enqueuer cannot see this process's jobs; it takes a lock
+        over only once it has aged past the grace (see ``Enqueuer.lock_grace``).
+        """
+        while True:
+            await asyncio.sleep(LOCK_TOUCH_INTERVAL)
+            try:
+                await self._activities.touch_locks(job_id)
+            except Exception as exc:  # the store is out: the next touch may succeed
+                log.warning("lock_touch_failed", job_id=job_id, error=str(exc))
+
     async def _run(self, job: _Job) -> None:
         job_id = job.run.progress.job_id
+        keeper = asyncio.create_task(self._keep_locks(job_id), name=f"locks:{job_id}")
         try:
             job.result = await job.run.run()
         except asyncio.CancelledError:
@@ -158,6 +175,9 @@ class InProcessBackend:
             log.exception("job_crashed", job_id=job_id, error=str(exc))
             progress = job.run.progress.model_copy(update={"status": JobStatus.FAILED})
             job.result = JobResult(job_id=job_id, status=JobStatus.FAILED, progress=progress)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
         org = job.run.organization_id
         self._closed[org, job.result.status] += 1
         if job.result.duration is not None:

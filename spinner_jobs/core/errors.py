@@ -178,6 +178,24 @@ class AccountConflictError(SpinnerError):
         super().__init__(f"connector account id {account_id!r} is taken; choose another id")
 
 
+class WorkbookConflictError(SpinnerError):
+    """A workbook id is already used by another organization's workbook."""
+
+    def __init__(self, workbook_id: str) -> None:
+        self.workbook_id = workbook_id
+        super().__init__(f"workbook id {workbook_id!r} is taken; choose another id")
+
+
+class TableConflictError(SpinnerError):
+    """Table ids already belong to another workbook (a table lives in one workbook)."""
+
+    def __init__(self, table_ids: list[str]) -> None:
+        self.table_ids = table_ids
+        super().__init__(
+            f"table ids {', '.join(table_ids)} are taken by another workbook; choose other ids"
+        )
+
+
 class SecretKeyError(SpinnerError):
     """A key for encrypted secrets or payloads is missing, malformed or does not match.
 

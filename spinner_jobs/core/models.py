@@ -323,6 +323,9 @@ class TableCheckpoint(_Model):
     cursor: str | None = Field(None, description="Cursor of the next page; None after the last.")
     records: int = 0
     pages: int = 0
+    config: str | None = Field(
+        None, description="Fingerprint of the table config the pages were read with."
+    )
 
     @property
     def finished(self) -> bool:

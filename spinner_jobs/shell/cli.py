@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import structlog
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table as RichTable
 from typer.exceptions import TyperException
@@ -709,6 +710,14 @@ def main() -> None:
     except SpinnerError as exc:
         console.print(f"[red]error:[/] {exc}")
         code = 1
+    except ValidationError as exc:  # a model built from command-line values
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "value"
+        console.print(f"[red]error:[/] invalid {where}: {first['msg']}")
+        code = 2
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]error:[/] not valid JSON ({exc.msg} at character {exc.pos})")
+        code = 2
     # The Temporal SDK's threads can abort the interpreter at exit after the work is done;
     # flush and leave directly with the real status.
     sys.stdout.flush()

@@ -141,6 +141,23 @@ class Store(Protocol):
         """
         ...
 
+    def restart_table(self, lease: Lease) -> None:
+        """Forget what the lease's job read of the table so far, fenced on the lease.
+
+        The job's checkpoint goes and its records count as not seen, so the next read
+        starts over and the final sync removes what the new read does not bring back
+        (a table whose config changed while its job retried ends as the new source).
+        """
+        ...
+
+    def touch_locks(self, job_id: str) -> None:
+        """Mark ``job_id``'s locks as still held now (their age restarts).
+
+        A lock's age is what tells a waiting enqueue that a holder the backend cannot
+        see is gone; a holder that only this process can see keeps its locks young.
+        """
+        ...
+
     def lease(self, table_id: str, job_id: str) -> Lease:
         """A fresh lease of ``job_id`` on the table it holds locked.
 

@@ -32,6 +32,8 @@ from spinner_jobs.core.errors import (
     InvalidJobError,
     LockLostError,
     StoreUnavailableError,
+    TableConflictError,
+    WorkbookConflictError,
 )
 from spinner_jobs.core.models import (
     AccountSummary,
@@ -106,6 +108,7 @@ _SCHEMA = (
         pages bigint NOT NULL,
         PRIMARY KEY (table_id, job_id)
     )""",
+    "ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS config_hash text",
 )
 
 # A page is COPied into this per-connection temp table, then merged with one
@@ -286,10 +289,17 @@ class PostgresStore:
         Raises:
             AccountNotFoundError: a table names an account that is unknown or of
                 another organization; nothing is written.
+            WorkbookConflictError: the id is another organization's workbook.
+            TableConflictError: table ids belong to another workbook.
 
         """
         keep = [t.id for t in workbook.tables]
         with self._tx() as conn:
+            owner = conn.execute(
+                "SELECT organization_id FROM workbooks WHERE id = %s FOR UPDATE", (workbook.id,)
+            ).fetchone()
+            if owner is not None and owner[0] != workbook.organization_id:
+                raise WorkbookConflictError(workbook.id)
             account_ids = sorted({t.account_id for t in workbook.tables if t.account_id})
             if account_ids:
                 # FOR SHARE: the accounts cannot move or vanish before this commits.
@@ -307,8 +317,7 @@ class PostgresStore:
             # The workbook row lock serializes concurrent replacements of one workbook.
             conn.execute(
                 "INSERT INTO workbooks (id, organization_id, name) VALUES (%s, %s, %s) "
-                "ON CONFLICT (id) DO UPDATE SET organization_id = excluded.organization_id, "
-                "name = excluded.name",
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name",
                 (workbook.id, workbook.organization_id, workbook.name),
             )
             # Lock every table row this touches in id order, the order lock_tables uses,
@@ -319,6 +328,9 @@ class PostgresStore:
                 (workbook.id, keep),
             ).fetchall()
             kept = set(keep)
+            taken = sorted(tid for tid, wid in rows if wid != workbook.id)
+            if taken:
+                raise TableConflictError(taken)
             gone = [tid for tid, wid in rows if wid == workbook.id and tid not in kept]
             if gone:
                 conn.execute("DELETE FROM records WHERE table_id = ANY(%s)", (gone,))
@@ -508,6 +520,28 @@ class PostgresStore:
         return {tid: counts.get(tid, 0) for tid in ids}
 
     @_translated
+    def restart_table(self, lease: Lease) -> None:
+        """Forget what the lease's job read of the table so far (fenced on the lease)."""
+        with self._tx() as conn, conn.cursor() as cur:
+            _check_lease(cur, lease)
+            cur.execute(
+                "UPDATE records SET seen_by = NULL WHERE table_id = %s AND seen_by = %s",
+                (lease.table_id, lease.job_id),
+            )
+            cur.execute(
+                "DELETE FROM checkpoints WHERE table_id = %s AND job_id = %s",
+                (lease.table_id, lease.job_id),
+            )
+
+    @_translated
+    def touch_locks(self, job_id: str) -> None:
+        """Restart the age of ``job_id``'s locks."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE workbook_tables SET locked_at = now() WHERE locked_by = %s", (job_id,)
+            )
+
+    @_translated
     def lease(self, table_id: str, job_id: str) -> Lease:
         """A fresh lease of ``job_id`` on the table it holds locked (LockLostError if not).
 
@@ -560,11 +594,19 @@ class PostgresStore:
                         copy.write_row(row)
                 cur.execute(_MERGE_PAGE, {"table_id": table_id, "job_id": job_id})
             cur.execute(
-                "INSERT INTO checkpoints (table_id, job_id, cursor, records, pages) "
-                "VALUES (%s, %s, %s, %s, %s) "
+                "INSERT INTO checkpoints (table_id, job_id, cursor, records, pages, config_hash) "
+                "VALUES (%s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (table_id, job_id) DO UPDATE SET cursor = excluded.cursor, "
-                "records = excluded.records, pages = excluded.pages",
-                (table_id, job_id, checkpoint.cursor, checkpoint.records, checkpoint.pages),
+                "records = excluded.records, pages = excluded.pages, "
+                "config_hash = excluded.config_hash",
+                (
+                    table_id,
+                    job_id,
+                    checkpoint.cursor,
+                    checkpoint.records,
+                    checkpoint.pages,
+                    checkpoint.config,
+                ),
             )
 
     @_translated
@@ -572,13 +614,13 @@ class PostgresStore:
         """The last committed checkpoint of ``job_id`` on the table."""
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT cursor, records, pages FROM checkpoints "
+                "SELECT cursor, records, pages, config_hash FROM checkpoints "
                 "WHERE table_id = %s AND job_id = %s",
                 (table_id, job_id),
             ).fetchone()
         if row is None:
             return None
-        return TableCheckpoint(cursor=row[0], records=row[1], pages=row[2])
+        return TableCheckpoint(cursor=row[0], records=row[1], pages=row[2], config=row[3])
 
     @_translated
     def finish_sync(self, lease: Lease, synced_at: datetime) -> SyncSummary:

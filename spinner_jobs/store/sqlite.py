@@ -19,6 +19,8 @@ from spinner_jobs.core.errors import (
     AccountNotFoundError,
     LockLostError,
     StoreUnavailableError,
+    TableConflictError,
+    WorkbookConflictError,
 )
 from spinner_jobs.core.models import (
     AccountSummary,
@@ -40,6 +42,7 @@ _ADDED_COLUMNS = {
         ("lock_gen", "INTEGER NOT NULL DEFAULT 0"),
         ("last_synced_by", "TEXT"),
     ),
+    "checkpoints": (("config_hash", "TEXT"),),
 }
 
 _SCHEMA = """
@@ -230,9 +233,27 @@ class SqliteStore:
         Raises:
             AccountNotFoundError: a table names an account that is unknown or of
                 another organization; nothing is written.
+            WorkbookConflictError: the id is another organization's workbook.
+            TableConflictError: table ids belong to another workbook.
 
         """
         with self._write() as conn:
+            owner = conn.execute(
+                "SELECT organization_id FROM workbooks WHERE id = ?", (workbook.id,)
+            ).fetchone()
+            if owner is not None and owner[0] != workbook.organization_id:
+                raise WorkbookConflictError(workbook.id)
+            ids = [t.id for t in workbook.tables]
+            taken = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM workbook_tables WHERE id IN ({','.join('?' * len(ids))}) "
+                    "AND workbook_id != ? ORDER BY id",
+                    (*ids, workbook.id),
+                )
+            ]
+            if taken:
+                raise TableConflictError(taken)
             for account_id in sorted({t.account_id for t in workbook.tables if t.account_id}):
                 owner = conn.execute(
                     "SELECT organization_id FROM connector_accounts WHERE id = ?", (account_id,)
@@ -241,8 +262,7 @@ class SqliteStore:
                     raise AccountNotFoundError(account_id)
             conn.execute(
                 "INSERT INTO workbooks (id, organization_id, name) VALUES (?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET organization_id = excluded.organization_id, "
-                "name = excluded.name",
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name",
                 (workbook.id, workbook.organization_id, workbook.name),
             )
             keep = [t.id for t in workbook.tables]
@@ -425,6 +445,29 @@ class SqliteStore:
             return {tid: _count_seen(conn, tid, job_id) for tid in table_ids}
 
     @_translated
+    def restart_table(self, lease: Lease) -> None:
+        """Forget what the lease's job read of the table so far (fenced on the lease)."""
+        with self._write() as conn:
+            _check_lease(conn, lease)
+            conn.execute(
+                "UPDATE records SET seen_by = NULL WHERE table_id = ? AND seen_by = ?",
+                (lease.table_id, lease.job_id),
+            )
+            conn.execute(
+                "DELETE FROM checkpoints WHERE table_id = ? AND job_id = ?",
+                (lease.table_id, lease.job_id),
+            )
+
+    @_translated
+    def touch_locks(self, job_id: str) -> None:
+        """Restart the age of ``job_id``'s locks."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE workbook_tables SET locked_at = ? WHERE locked_by = ?",
+                (datetime.now(UTC).isoformat(), job_id),
+            )
+
+    @_translated
     def lease(self, table_id: str, job_id: str) -> Lease:
         """A fresh lease of ``job_id`` on the table it holds locked (LockLostError if not).
 
@@ -466,9 +509,16 @@ class SqliteStore:
             _check_lease(conn, lease)
             conn.executemany(_UPSERT_RECORD, rows)
             conn.execute(
-                "INSERT OR REPLACE INTO checkpoints (table_id, job_id, cursor, records, pages) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (table_id, job_id, checkpoint.cursor, checkpoint.records, checkpoint.pages),
+                "INSERT OR REPLACE INTO checkpoints "
+                "(table_id, job_id, cursor, records, pages, config_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    table_id,
+                    job_id,
+                    checkpoint.cursor,
+                    checkpoint.records,
+                    checkpoint.pages,
+                    checkpoint.config,
+                ),
             )
 
     @_translated
@@ -477,14 +527,15 @@ class SqliteStore:
         row = (
             self._conn()
             .execute(
-                "SELECT cursor, records, pages FROM checkpoints WHERE table_id = ? AND job_id = ?",
+                "SELECT cursor, records, pages, config_hash FROM checkpoints "
+                "WHERE table_id = ? AND job_id = ?",
                 (table_id, job_id),
             )
             .fetchone()
         )
         if row is None:
             return None
-        return TableCheckpoint(cursor=row[0], records=row[1], pages=row[2])
+        return TableCheckpoint(cursor=row[0], records=row[1], pages=row[2], config=row[3])
 
     @_translated
     def finish_sync(self, lease: Lease, synced_at: datetime) -> SyncSummary:
