@@ -159,6 +159,20 @@ LITERALS = [
     "http://[::ffff:169.254.169.254]/",
     "http://[2002:a9fe:a9fe::]/",  # 6to4 of the metadata address
     "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
+    # Not globally reachable per IANA, yet "global" to some Python versions' ipaddress.
+    "http://192.0.0.192/",  # Oracle Cloud metadata (192.0.0.0/24)
+    "http://192.0.0.9/",
+    "http://[fec0::1]/",  # deprecated site-local
+    "http://[::ffff:192.0.0.192]/",
+    "http://[2002:c000:c0::]/",  # 6to4 of 192.0.0.192
+    "http://192.88.99.1/",  # deprecated 6to4 relay anycast
+    "http://198.18.0.1/",  # benchmarking
+    "http://192.0.2.1/",  # documentation
+    "http://255.255.255.255/",
+    "http://[2001:db8::1]/",
+    "http://[3fff::1]/",  # documentation (RFC 9637)
+    "http://[64:ff9b:1::a00:1]/",  # local-use NAT64
+    "http://[5f00::1]/",  # SRv6
 ]
 
 
