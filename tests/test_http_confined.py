@@ -103,7 +103,7 @@ class Source:
         self.server.server_close()
 
 
-def records(*ids: str | int, **extra: Any) -> bytes:
+def records(*ids: Any, **extra: Any) -> bytes:
     return json.dumps({"data": [{"id": i} for i in ids], **extra}).encode()
 
 
@@ -655,6 +655,26 @@ async def test_a_source_that_ignores_the_paging_parameter_fails_the_table(
     message = str(caught.value)
     assert "has the same 3 records as the page before" in message
     assert message.endswith(f"check paginator.{setting}")
+    assert len(src.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "ids", [("a", "b", "c"), ({"k": 1}, {"k": 2}, [3])], ids=["strings", "unhashable"]
+)
+async def test_the_same_records_in_another_order_are_a_cycle(
+    conn: HttpConnector, ids: tuple[Any, ...]
+) -> None:
+    served = iter(range(1000))
+
+    def route(path: str, query: dict[str, str]) -> Answer:
+        turn = next(served)
+        return Answer(records(*(ids[(i + turn) % 3] for i in range(3))))
+
+    with Source(route) as src:
+        paginator = {"type": "offset", "limit": 3}
+        config = {"base_url": src.base_url, "data_selector": "data", "paginator": paginator}
+        with pytest.raises(PaginationCycleError, match="has the same 3 records as the page before"):
+            await read(conn, config)
     assert len(src.requests) == 2
 
 

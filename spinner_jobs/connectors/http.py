@@ -360,7 +360,7 @@ class _TableReader:
         # read, the page count, and the record ids of the page before.
         self._seen: set[bytes] = set()
         self._pages = 0
-        self._previous_ids: frozenset[str] = frozenset()
+        self._previous_ids: frozenset[Any] = frozenset()
 
     # --- paging rules ---
 
@@ -500,7 +500,7 @@ class _TableReader:
         self._seen.add(digest)
         return True
 
-    def _check_repeat(self, ids: frozenset[str]) -> None:
+    def _check_repeat(self, ids: frozenset[Any]) -> None:
         # As sets: a source ignoring the offset may answer the same records in
         # another order each time.
         previous, self._previous_ids = self._previous_ids, ids
@@ -530,11 +530,15 @@ class _TableReader:
                     raise self._body_error(req, f"record {index} is not an object")
                 if item.get(pk) is None:
                     raise self._body_error(req, f"record {index} has no primary key {pk!r}")
-        ids = list(map(str, keys))
-        self._check_repeat(frozenset(ids))
+        try:
+            # The keys as the source gave them: hashing fresh str ids costs more.
+            page_ids = frozenset(keys)
+        except TypeError:  # an unhashable key (an object or array)
+            page_ids = frozenset(map(str, keys))
+        self._check_repeat(page_ids)
         # Bare tuples, not Record(...): a NamedTuple's constructor is a tenth of this
         # path's CPU at a thousand records a page.
-        return list(zip(ids, items, strict=True))
+        return [(str(key), item) for key, item in zip(keys, items, strict=True)]
 
     async def fetch(self, req: _Request) -> tuple[httpx.Response, Any]:
         """GET ``req`` with retries; return the response and its parsed JSON body."""
