@@ -218,6 +218,9 @@ async def test_a_cursor_that_no_longer_fits_the_file_is_rejected(tmp_path: Path)
         ({"path": "x.csv", "page_size": 0}, "page_size: Input should be greater than or equal"),
         ({"path": "x.csv", "delimiter": ";;"}, "delimiter: String should have at most 1"),
         ({"path": "x.csv", "encoding": "klingon"}, "unknown encoding 'klingon'"),
+        ({"path": "x.csv", "encoding": "base64"}, "'base64' is not a text encoding"),
+        ({"path": "x.csv", "encoding": "zlib_codec"}, "'zlib_codec' is not a text encoding"),
+        ({"path": "x.csv", "encoding": "undefined"}, "'undefined' is not a text encoding"),
         ({"path": "x.csv", "sheet": 1}, "sheet: Extra inputs are not permitted"),
     ],
 )

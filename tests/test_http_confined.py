@@ -9,6 +9,9 @@ not allowed to reach (127.0.0.2 when only 127.0.0.1/32 is open).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gzip
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -27,6 +30,7 @@ from spinner_jobs.core.errors import (
     PaginationCycleError,
     SourceAddressRefusedError,
     SourceAuthError,
+    SourcePageTooLargeError,
     SourceRequestError,
 )
 from spinner_jobs.core.models import ConnectorAccount, Table
@@ -99,7 +103,7 @@ class Source:
         self.server.server_close()
 
 
-def records(*ids: str | int, **extra: Any) -> bytes:
+def records(*ids: Any, **extra: Any) -> bytes:
     return json.dumps({"data": [{"id": i} for i in ids], **extra}).encode()
 
 
@@ -159,6 +163,20 @@ LITERALS = [
     "http://[::ffff:169.254.169.254]/",
     "http://[2002:a9fe:a9fe::]/",  # 6to4 of the metadata address
     "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
+    # Not globally reachable per IANA, yet "global" to some Python versions' ipaddress.
+    "http://192.0.0.192/",  # Oracle Cloud metadata (192.0.0.0/24)
+    "http://192.0.0.9/",
+    "http://[fec0::1]/",  # deprecated site-local
+    "http://[::ffff:192.0.0.192]/",
+    "http://[2002:c000:c0::]/",  # 6to4 of 192.0.0.192
+    "http://192.88.99.1/",  # deprecated 6to4 relay anycast
+    "http://198.18.0.1/",  # benchmarking
+    "http://192.0.2.1/",  # documentation
+    "http://255.255.255.255/",
+    "http://[2001:db8::1]/",
+    "http://[3fff::1]/",  # documentation (RFC 9637)
+    "http://[64:ff9b:1::a00:1]/",  # local-use NAT64
+    "http://[5f00::1]/",  # SRv6
 ]
 
 
@@ -410,6 +428,134 @@ async def test_an_echoed_header_value_is_scrubbed(conn: HttpConnector) -> None:
     assert "unknown tenant ***" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"params": {"api_key": SECRET}},
+        {"params": {"access_token": SECRET}},
+        {"params": {"key": SECRET}},
+        {"params": {"clientSecret": SECRET}},
+        {"params": {"x-auth": SECRET}},
+        {"base_url": f"https://api.example.com/v1?apikey={SECRET}"},
+        {"path": f"items?sessionId={SECRET}"},
+    ],
+    ids=["api_key", "access_token", "key", "camelCase", "auth", "base_url-query", "path-query"],
+)
+def test_credential_query_parameters_in_a_config_are_refused(where: dict[str, Any]) -> None:
+    config = {"base_url": "https://api.example.com", "paginator": "single_page", **where}
+    with pytest.raises(InvalidTableConfigError, match="carries a credential") as caught:
+        HttpConnector().validate_config(config)
+    assert "spinner-jobs account create" in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_ordinary_query_parameters_pass() -> None:
+    params = {"sort_key": "created", "author": "ann", "limit": 5, "active": True}
+    HttpConnector().validate_config(
+        {
+            "base_url": "https://api.example.com/?fields=id",
+            "paginator": "json_link",
+            "params": params,
+        }
+    )
+
+
+async def test_an_echoed_param_value_is_scrubbed(conn: HttpConnector) -> None:
+    body = b'{"error": "unknown tenant tenant-8812-private, region eu-private-7"}'
+    with Source(lambda path, query: Answer(body, status=400)) as src:
+        config = {
+            "base_url": f"{src.base_url}/?region=eu-private-7",
+            "paginator": "single_page",
+            "params": {"tenant": "tenant-8812-private"},
+        }
+        with pytest.raises(SourceRequestError) as caught:
+            await read(conn, config)
+    assert src.requests[0][1] == {"tenant": "tenant-8812-private", "region": "eu-private-7"}
+    assert "tenant-8812-private" not in str(caught.value)
+    assert "eu-private-7" not in str(caught.value)
+    assert "unknown tenant ***, region ***" in str(caught.value)
+
+
+async def test_a_secret_cut_at_the_end_of_a_long_error_body_is_not_shown(
+    conn: HttpConnector,
+) -> None:
+    # Of a long error body only the start is read; the cut may not leave part of a
+    # hidden value, which redaction would no longer recognise, in the excerpt.
+    value = "tenant-" + "8" * 1000
+    body = (f"{value} " * 400).encode()
+    with Source(lambda path, query: Answer(body, status=400)) as src:
+        config = {"base_url": src.base_url, "paginator": "single_page", "params": {"t": value}}
+        with pytest.raises(SourceRequestError) as caught:
+            await read(conn, config)
+    assert "tenant-" not in str(caught.value)
+    assert "8888" not in str(caught.value)
+
+
+# --- page size ----------------------------------------------------------------------------------
+
+
+async def test_a_page_announcing_more_than_max_page_bytes_is_refused(conn: HttpConnector) -> None:
+    body = json.dumps([{"id": i, "pad": "x" * 100} for i in range(100)]).encode()
+    with Source(lambda path, query: Answer(body)) as src:
+        config = {"base_url": src.base_url, "paginator": "single_page", "max_page_bytes": 4096}
+        with pytest.raises(SourcePageTooLargeError) as caught:
+            await read(conn, config)
+        assert len(await read(conn, {**config, "max_page_bytes": len(body)})) == 1
+    message = str(caught.value)
+    assert "larger than max_page_bytes (4,096 bytes)" in message
+    assert f"it announces {len(body):,}" in message
+    assert "lower the paginator's page size" in message
+
+
+async def test_the_page_cap_counts_decompressed_bytes(conn: HttpConnector) -> None:
+    # A small gzip body that inflates past the cap (a compression bomb, in little).
+    body = gzip.compress(json.dumps([{"id": 1, "pad": " " * 200_000}]).encode())
+    answer = Answer(body, headers=[("Content-Encoding", "gzip")])
+    with Source(lambda path, query: answer) as src:
+        config = {"base_url": src.base_url, "paginator": "single_page", "max_page_bytes": 65536}
+        with pytest.raises(SourcePageTooLargeError):
+            await read(conn, config)
+        pages = await read(conn, {**config, "max_page_bytes": 1 << 20})
+    assert [r for r, _ in pages[0].records] == ["1"]
+
+
+async def test_an_endless_chunked_page_is_cut_off_at_max_page_bytes(conn: HttpConnector) -> None:
+    sent = 0
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[ \r\n")
+        chunk = b" " * 65536
+        with contextlib.suppress(ConnectionError):
+            while sent < 1 << 30:
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        config = {
+            "base_url": f"http://127.0.0.1:{port}",
+            "paginator": "single_page",
+            "max_page_bytes": 1 << 20,
+        }
+        with pytest.raises(SourcePageTooLargeError, match="larger than max_page_bytes"):
+            await asyncio.wait_for(read(conn, config), 30)
+    finally:
+        server.close()
+    assert sent < 16 << 20
+
+
+@pytest.mark.parametrize("size", [1023, (256 << 20) + 1])
+def test_max_page_bytes_is_bounded(size: int) -> None:
+    config = {"base_url": "https://api.example.com", "paginator": "json_link"}
+    with pytest.raises(InvalidTableConfigError, match="max_page_bytes"):
+        HttpConnector().validate_config({**config, "max_page_bytes": size})
+
+
 # --- pagination cycles --------------------------------------------------------------------------
 
 
@@ -509,6 +655,26 @@ async def test_a_source_that_ignores_the_paging_parameter_fails_the_table(
     message = str(caught.value)
     assert "has the same 3 records as the page before" in message
     assert message.endswith(f"check paginator.{setting}")
+    assert len(src.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "ids", [("a", "b", "c"), ({"k": 1}, {"k": 2}, [3])], ids=["strings", "unhashable"]
+)
+async def test_the_same_records_in_another_order_are_a_cycle(
+    conn: HttpConnector, ids: tuple[Any, ...]
+) -> None:
+    served = iter(range(1000))
+
+    def route(path: str, query: dict[str, str]) -> Answer:
+        turn = next(served)
+        return Answer(records(*(ids[(i + turn) % 3] for i in range(3))))
+
+    with Source(route) as src:
+        paginator = {"type": "offset", "limit": 3}
+        config = {"base_url": src.base_url, "data_selector": "data", "paginator": paginator}
+        with pytest.raises(PaginationCycleError, match="has the same 3 records as the page before"):
+            await read(conn, config)
     assert len(src.requests) == 2
 
 

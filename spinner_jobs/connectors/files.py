@@ -80,6 +80,17 @@ class FilesTableConfig(BaseModel):
             codecs.lookup(value)
         except LookupError:
             raise ValueError(f"unknown encoding {value!r}") from None
+        # Codecs such as rot13, base64 or zlib are not text encodings: bytes.decode()
+        # refuses them (LookupError; not for empty input), and "undefined" decodes
+        # nothing (a bare UnicodeError), so every read would fail.
+        try:
+            b"\n".decode(value)
+        except UnicodeDecodeError:
+            pass  # a text encoding whose characters take more than one byte (utf-16, ...)
+        except (LookupError, UnicodeError):
+            raise ValueError(
+                f"{value!r} is not a text encoding; use one such as utf-8, latin-1 or cp1252"
+            ) from None
         return value
 
     @property

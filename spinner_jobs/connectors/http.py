@@ -13,7 +13,10 @@ Table config (validated by :class:`HttpTableConfig`)::
                          "offset" | "page_number" | "single_page", ...}  (required;
                          a bare type name is accepted as shorthand)
     requests_per_second  client-side rate limit per base_url            (default none)
-    timeout              seconds per request                             (default 30)
+    timeout              seconds one request may take in all: connect,
+                         headers, body, redirects                        (default 30)
+    max_page_bytes       largest page body accepted, decompressed        (default 64 MiB,
+                                                                          at most 256 MiB)
     max_request_retries  in-connector retries of one request             (default 5)
 
 The cursor handed back with each page fully determines the request for the next
@@ -21,6 +24,12 @@ page: the absolute next URL for the link paginators, the token for ``cursor``, t
 offset for ``offset``, the page number for ``page_number``. Resuming from it fetches
 exactly the following page. Link paginators follow the next URL as the source gives
 it: ``params`` go with the first request only.
+
+``timeout`` is a deadline for the whole request, so a source that sends its answer a
+byte at a time is cut off like one that does not answer. A body larger than
+``max_page_bytes`` (announced by Content-Length or found while streaming it) fails the
+table with :class:`~spinner_jobs.core.errors.SourcePageTooLargeError`: lower the
+paginator's page size.
 
 Retries inside the connector (``max_request_retries``) cover 408, 429, 5xx, timeouts,
 dropped connections and cut-off bodies, with exponential backoff from
@@ -32,8 +41,8 @@ from the last cursor.
 Credentials come from the table's :class:`~spinner_jobs.core.models.ConnectorAccount` only,
 and are sent only to the origin (scheme, host, port) of ``base_url``: a next link or
 a redirect to another host gets neither the credentials nor the configured headers.
-A config whose ``headers`` carry a credential is refused (see
-:mod:`connectors.http_config`).
+A config whose ``headers``, ``params`` or URL query carry a credential is refused
+(see :mod:`connectors.http_config`).
 
 Sources are confined: only http and https, and only public addresses unless the
 connector was given ``allowed_networks`` (``SPINNER_HTTP_ALLOWED_NETWORKS``). The
@@ -42,13 +51,13 @@ each redirect hop, each next link and a resumed cursor alike (see
 :mod:`connectors.http_guard`).
 
 Pages that cycle fail the table with :class:`~spinner_jobs.core.errors.PaginationCycleError`:
-a next URL or cursor token seen before in this read, or a page whose records are the
-same, in the same order, as those of the page before (a source that ignores the
+a next URL or cursor token seen before in this read, or a page whose record ids are
+the same, in any order, as those of the page before (a source that ignores the
 offset or page parameter).
 
 Error messages carry the status and its standard reason, at most a short excerpt of
-a body (control characters removed), and never the account's secret or a configured
-header value.
+a body (control characters removed), and never the account's secret, a configured
+header value or a configured query parameter value.
 """
 
 from __future__ import annotations
@@ -73,6 +82,7 @@ import structlog
 from spinner_jobs.connectors.base import Page, ReadContext
 from spinner_jobs.connectors.http_config import (
     ACCOUNT_HINT,
+    MAX_PAGE_BYTES_LIMIT,
     CursorPaginator,
     HeaderLinkPaginator,
     HttpTableConfig,
@@ -96,6 +106,7 @@ from spinner_jobs.core.errors import (
     SourceAddressRefusedError,
     SourceAuthError,
     SourceNotFoundError,
+    SourcePageTooLargeError,
     SourceRequestError,
     SourceUnavailableError,
 )
@@ -107,6 +118,7 @@ _USER_AGENT = "spinner-jobs/0.1 (+httpx)"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _EXCERPT = 80  # longest piece of source-controlled text (a body, a path) in a message
+_ERROR_BODY_BYTES = 16 << 10  # read of a non-2xx body, for its excerpt
 _SCHEMES = ("http://", "https://")
 
 
@@ -326,11 +338,21 @@ class _TableReader:
                 )
             auth[account.header] = secret
         self.origin_headers = {**cfg.headers, **auth}
-        # Never shown in a message: the secret and every configured header value.
+        # Never shown in a message: the secret, every configured header value, and
+        # every configured query parameter value (params, base_url's and path's query).
+        query = [str(v) for v in cfg.params.values() if not isinstance(v, bool)]
+        query += _query_values(cfg.endpoint)
         self.hidden = sorted(
-            {v for v in (secret, *cfg.headers.values()) if len(v) >= 4}, key=len, reverse=True
+            {v for v in (secret, *cfg.headers.values(), *query) if len(v) >= 4},
+            key=len,
+            reverse=True,
         )
+        self._longest_hidden = len(self.hidden[0]) if self.hidden else 0
         self.origin = _origin(httpx.URL(cfg.base_url))
+        # Query parameters of every request built from the config: httpx replaces a
+        # URL's own query with the params it is given, so base_url's and path's query
+        # go in first, and `params` win over them.
+        self.params: dict[str, Any] = {**httpx.URL(cfg.endpoint).params, **cfg.params}
         self.selector = _split_path(cfg.data_selector)
         self.pk = cfg.primary_key
         self._paths: dict[str, tuple[str, ...]] = {}
@@ -338,7 +360,7 @@ class _TableReader:
         # read, the page count, and the record ids of the page before.
         self._seen: set[bytes] = set()
         self._pages = 0
-        self._previous_keys: list[Any] | None = None
+        self._previous_ids: frozenset[Any] = frozenset()
 
     # --- paging rules ---
 
@@ -350,7 +372,7 @@ class _TableReader:
 
     def _first_request(self, cursor: str | None) -> _Request:
         pager, endpoint = self.pager, self.cfg.endpoint
-        params = dict(self.cfg.params)
+        params = dict(self.params)
         if isinstance(pager, JsonLinkPaginator | HeaderLinkPaginator):
             if not cursor:
                 return _Request(endpoint, params, "")
@@ -396,7 +418,7 @@ class _TableReader:
             token = str(token)
             if not self._first_time(token):
                 raise self._cycle(f"cursor {_excerpt(token, 40)!r} repeated", "cursor_path")
-            params = dict(self.cfg.params)
+            params = dict(self.params)
             params[pager.cursor_param] = token
             return _Request(req.url, params, token)
         if isinstance(pager, OffsetPaginator):
@@ -408,7 +430,7 @@ class _TableReader:
             # below ours answers short pages that are not the last.
             if (total is not None and offset >= total) or (total is None and count < pager.limit):
                 return None
-            params = dict(self.cfg.params)
+            params = dict(self.params)
             params[pager.offset_param] = offset
             params[pager.limit_param] = pager.limit
             return _Request(req.url, params, str(offset), offset)
@@ -421,7 +443,7 @@ class _TableReader:
             if pages is None and pager.page_size is not None and count < pager.page_size:
                 return None
             page = req.position + 1
-            params = dict(self.cfg.params)
+            params = dict(self.params)
             params[pager.page_param] = page
             if pager.page_size_param and pager.page_size is not None:
                 params[pager.page_size_param] = pager.page_size
@@ -478,9 +500,11 @@ class _TableReader:
         self._seen.add(digest)
         return True
 
-    def _check_repeat(self, keys: list[Any]) -> None:
-        previous, self._previous_keys = self._previous_keys, keys
-        if keys and keys == previous:
+    def _check_repeat(self, ids: frozenset[Any]) -> None:
+        # As sets: a source ignoring the offset may answer the same records in
+        # another order each time.
+        previous, self._previous_ids = self._previous_ids, ids
+        if ids and ids == previous:
             setting = {
                 "json_link": "next_url_path",
                 "header_link": "links_next_key",
@@ -489,8 +513,8 @@ class _TableReader:
                 "page_number": "page_param",
             }.get(self.pager.type, "type")
             raise self._cycle(
-                f"page {self._pages} has the same {len(keys)} records as the page before "
-                "(the source may ignore the paging parameter)",
+                f"page {self._pages} has the same {len(ids)} records as the page before, by id "
+                "(the source may ignore the paging parameter, or primary_key is not unique)",
                 setting,
             )
 
@@ -506,7 +530,12 @@ class _TableReader:
                     raise self._body_error(req, f"record {index} is not an object")
                 if item.get(pk) is None:
                     raise self._body_error(req, f"record {index} has no primary key {pk!r}")
-        self._check_repeat(keys)
+        try:
+            # The keys as the source gave them: hashing fresh str ids costs more.
+            page_ids = frozenset(keys)
+        except TypeError:  # an unhashable key (an object or array)
+            page_ids = frozenset(map(str, keys))
+        self._check_repeat(page_ids)
         # Bare tuples, not Record(...): a NamedTuple's constructor is a tenth of this
         # path's CPU at a thousand records a page.
         return [(str(key), item) for key, item in zip(keys, items, strict=True)]
@@ -521,7 +550,10 @@ class _TableReader:
                 await self.limiter.acquire()
             delay: float | None = None
             try:
-                response = await self._get_following_redirects(req)
+                # The whole request (connect, headers, body, redirects) within
+                # `timeout`: httpx's own timeout bounds each socket operation only.
+                async with asyncio.timeout(cfg.timeout):
+                    response, content = await self._get_following_redirects(req)
             except SourceAddressRefusedError as exc:
                 self.log.warning("source_address_refused", error=str(exc))
                 raise SourceAddressRefusedError(
@@ -535,11 +567,14 @@ class _TableReader:
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 last = f"{type(exc).__name__}: {self._redact(exc) or 'no detail'}"
                 status = 0
+            except TimeoutError:
+                last = f"no complete answer within the table's timeout ({cfg.timeout:g}s)"
+                status = 0
             else:
                 status = response.status_code
                 if 200 <= status < 300:
                     try:
-                        return response, orjson.loads(response.content)
+                        return response, orjson.loads(content)
                     except ValueError as exc:
                         # Mostly a body cut short; a retry gets it whole.
                         last = f"{status} with an invalid JSON body ({exc})"
@@ -554,7 +589,7 @@ class _TableReader:
                             "the job's retry policy will try again later"
                         )
                 else:
-                    raise self._status_error(req, response)
+                    raise self._status_error(req, response, content)
             if attempt == attempts:
                 break
             if delay is None:
@@ -576,17 +611,30 @@ class _TableReader:
             "the job's retry policy will try again"
         )
 
-    async def _get_following_redirects(self, req: _Request) -> httpx.Response:
+    async def _get_following_redirects(self, req: _Request) -> tuple[httpx.Response, bytes]:
+        """GET ``req``, following redirects; return the last response and its body.
+
+        A 2xx body is read whole, up to ``max_page_bytes``; of another status, only
+        the start of the body is kept (for the error message's excerpt).
+        """
+        client = self.client
         url, params = req.url, req.params
         for _ in range(_MAX_REDIRECTS + 1):
             target = httpx.URL(url)
             headers = self.origin_headers if _origin(target) == self.origin else None
-            response = await self.client.get(
-                target, params=params, headers=headers, timeout=self.cfg.timeout
+            request = client.build_request(
+                "GET", target, params=params, headers=headers, timeout=self.cfg.timeout
             )
-            location = response.headers.get("location")
-            if response.status_code not in _REDIRECTS or not location:
-                return response
+            response = await client.send(request, stream=True)
+            try:
+                status = response.status_code
+                location = response.headers.get("location")
+                if status not in _REDIRECTS or not location:
+                    if 200 <= status < 300:
+                        return response, await self._read_page(req, response)
+                    return response, await self._read_start(response)
+            finally:
+                await response.aclose()
             url, params = str(response.url.join(location)), None
             if not url.startswith(_SCHEMES):
                 raise SourceRequestError(
@@ -598,9 +646,37 @@ class _TableReader:
             f"{self._shown_path(req.url)}; check base_url"
         )
 
+    async def _read_page(self, req: _Request, response: httpx.Response) -> bytes:
+        """The (decompressed) body, or ``SourcePageTooLargeError`` past ``max_page_bytes``."""
+        cap = self.cfg.max_page_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise self._too_large(req, f" (it announces {int(declared):,})")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise self._too_large(req, "")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _read_start(self, response: httpx.Response) -> bytes:
+        """The first ``_ERROR_BODY_BYTES`` of a body only an error's excerpt shows."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= _ERROR_BODY_BYTES:
+                break
+        return b"".join(chunks)[:_ERROR_BODY_BYTES]
+
     # --- errors ---
 
-    def _status_error(self, req: _Request, response: httpx.Response) -> PermanentSourceError:
+    def _status_error(
+        self, req: _Request, response: httpx.Response, content: bytes
+    ) -> PermanentSourceError:
         status = response.status_code
         error: type[PermanentSourceError]
         if status in (401, 403):
@@ -612,11 +688,25 @@ class _TableReader:
         # The standard reason, not the source's own phrase (the source chooses that
         # text); and of the body a short excerpt only, hidden values removed first so
         # no partial secret survives at the cut.
-        excerpt = _excerpt(self._redact(response.text), _EXCERPT)
+        text = self._redact(_text_of(response, content))
+        if len(content) >= _ERROR_BODY_BYTES and self._longest_hidden:
+            # Only the body's start was read: a hidden value cut there is not
+            # recognised by the redaction, and would sit at the very end.
+            text = text[: max(0, len(text) - self._longest_hidden + 1)]
+        excerpt = _excerpt(text, _EXCERPT)
         detail = f" (body starts: {excerpt})" if excerpt else ""
         return error(
             f"table {self.table_id!r}: source answered {status} {_reason(status)} "
             f"for GET {self._shown_path(req.url)}; {advice}{detail}"
+        )
+
+    def _too_large(self, req: _Request, announced: str) -> SourcePageTooLargeError:
+        self.log.warning("source_page_too_large", max_page_bytes=self.cfg.max_page_bytes)
+        return SourcePageTooLargeError(
+            f"table {self.table_id!r}: the answer to GET {self._shown_path(req.url)} is larger "
+            f"than max_page_bytes ({self.cfg.max_page_bytes:,} bytes){announced}; lower the "
+            "paginator's page size (limit, page_size) or raise max_page_bytes "
+            f"(at most {MAX_PAGE_BYTES_LIMIT:,})"
         )
 
     def _body_error(self, req: _Request, problem: str) -> SourceRequestError:
@@ -734,6 +824,21 @@ def _excerpt(text: str, limit: int) -> str:
     """``text`` on one line, control characters dropped, at most ``limit`` characters."""
     cleaned = " ".join("".join(c if c.isprintable() else " " for c in text[: limit * 4]).split())
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def _query_values(url: str) -> list[str]:
+    try:
+        return [value for _, value in httpx.URL(url).params.multi_items()]
+    except httpx.InvalidURL:
+        return []
+
+
+def _text_of(response: httpx.Response, content: bytes) -> str:
+    """``content`` as text, in the response's charset when it is a usable one."""
+    try:
+        return content.decode(response.encoding or "utf-8", errors="replace")
+    except (LookupError, ValueError):  # a charset that is no text encoding
+        return content.decode("utf-8", errors="replace")
 
 
 def _reason(status: int) -> str:

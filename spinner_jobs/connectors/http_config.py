@@ -1,12 +1,14 @@
 """The ``http`` table config: its fields, paginators, and what a config may not carry.
 
 See :mod:`connectors.http` for what each field does. A config is user input: it may
-not name a non-http(s) URL, a literal address connectors may not reach, or a header
-that carries a credential (credentials belong in connector accounts).
+not name a non-http(s) URL, a literal address connectors may not reach, or a header or
+query parameter (in ``params``, ``base_url`` or ``path``) that carries a credential
+(credentials belong in connector accounts).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -19,14 +21,62 @@ ACCOUNT_HINT = (
     "table configs never hold secrets: create a connector account "
     "(`spinner-jobs account create ID --org ORG --auth bearer`) and set the table's account_id"
 )
-_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-_CREDENTIAL_WORDS = ("apikey", "api-key", "api_key", "token", "secret", "password", "session")
+DEFAULT_MAX_PAGE_BYTES = 64 << 20
+MAX_PAGE_BYTES_LIMIT = 256 << 20  # the most a table config may raise max_page_bytes to
+
+# A header or query parameter is taken for a credential when its whole name is one of
+# _CREDENTIAL_NAMES, when its name contains one of _CREDENTIAL_WORDS, or when one of the
+# words it is made of (split at "-", "_", "." and camelCase) is in _CREDENTIAL_PARTS.
+_CREDENTIAL_NAMES = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "key", "sig", "pwd", "pass", "jwt", "sid"}
+)
+_CREDENTIAL_WORDS = (
+    "apikey",
+    "api-key",
+    "api_key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "session",
+    "credential",
+    "signature",
+    "privatekey",
+    "private-key",
+    "private_key",
+    "accesskey",
+    "access-key",
+    "access_key",
+)
+_CREDENTIAL_PARTS = frozenset({"auth", "oauth", "authorization", "authentication"})
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_PARTS = re.compile(r"[a-z0-9]+")
+
+
+def is_credential_name(name: str) -> bool:
+    """Whether a header or query parameter called ``name`` carries a credential.
+
+    Case-insensitive, e.g. ``Authorization``, ``X-API-Key``, ``access_token``,
+    ``clientSecret``, ``x-auth``, ``key``.
+    """
+    stripped = name.strip()
+    lowered = stripped.lower()
+    if lowered in _CREDENTIAL_NAMES or any(word in lowered for word in _CREDENTIAL_WORDS):
+        return True
+    parts = _PARTS.findall(_CAMEL.sub("_", stripped).lower())
+    return any(part in _CREDENTIAL_PARTS for part in parts)
 
 
 def is_credential_header(name: str) -> bool:
-    """Whether a header called ``name`` carries a credential (case-insensitive)."""
-    lowered = name.strip().lower()
-    return lowered in _CREDENTIAL_HEADERS or any(word in lowered for word in _CREDENTIAL_WORDS)
+    """Whether a header called ``name`` carries a credential (see :func:`is_credential_name`)."""
+    return is_credential_name(name)
+
+
+def _query_names(url: str) -> list[str]:
+    try:
+        return [name for name, _ in httpx.URL(url).params.multi_items()]
+    except httpx.InvalidURL:
+        return []
 
 
 class _Config(BaseModel):
@@ -121,7 +171,17 @@ class HttpTableConfig(_Config):
     primary_key: str = Field("id", min_length=1)
     paginator: Paginator
     requests_per_second: float | None = Field(None, gt=0)
-    timeout: float = Field(30.0, gt=0, description="Seconds per request.")
+    timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds one request may take in all: connect, headers, body and redirects.",
+    )
+    max_page_bytes: int = Field(
+        DEFAULT_MAX_PAGE_BYTES,
+        ge=1024,
+        le=MAX_PAGE_BYTES_LIMIT,
+        description="Largest page body accepted (after decompression).",
+    )
     max_request_retries: int = Field(5, ge=0, le=50)
     retry_backoff: float = Field(0.2, ge=0, description="First retry delay, doubled per retry.")
     retry_backoff_max: float = Field(10.0, ge=0, description="Cap of the retry delay.")
@@ -149,13 +209,30 @@ class HttpTableConfig(_Config):
             raise ValueError("must be an absolute http(s) URL")
         if url.userinfo:
             raise ValueError(f"must not carry a user or password; {ACCOUNT_HINT}")
+        _no_credential_in_query(value)
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _no_credential_in_path(cls, value: str) -> str:
+        _no_credential_in_query(value)
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _no_credential_params(
+        cls, value: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        for name in value:
+            if is_credential_name(name):
+                raise ValueError(f"parameter {name!r} carries a credential; {ACCOUNT_HINT}")
         return value
 
     @field_validator("headers")
     @classmethod
     def _no_credentials(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if is_credential_header(name):
+            if is_credential_name(name):
                 raise ValueError(f"header {name!r} carries a credential; {ACCOUNT_HINT}")
         return value
 
@@ -165,6 +242,12 @@ class HttpTableConfig(_Config):
         if not self.path:
             return self.base_url
         return f"{self.base_url.rstrip('/')}/{self.path.lstrip('/')}"
+
+
+def _no_credential_in_query(url: str) -> None:
+    for name in _query_names(url):
+        if is_credential_name(name):
+            raise ValueError(f"query parameter {name!r} carries a credential; {ACCOUNT_HINT}")
 
 
 def parse_http_config(config: Mapping[str, Any], table_id: str | None = None) -> HttpTableConfig:

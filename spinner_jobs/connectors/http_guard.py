@@ -2,9 +2,11 @@
 
 Table configs come from users, so a URL in one (its ``base_url``, a redirect, a next
 link, a resumed cursor) must not reach the worker's own network: loopback, private
-ranges, link-local (cloud metadata at 169.254.169.254), shared CGNAT space, unique-local
-IPv6, multicast, reserved and unspecified addresses, and the IPv6 forms that embed one
-of those (IPv4-mapped, 6to4, Teredo, NAT64). Only globally routable addresses are
+ranges, link-local (cloud metadata at 169.254.169.254), shared CGNAT space, the IETF
+protocol block 192.0.0.0/24 (Oracle Cloud metadata at 192.0.0.192), documentation and
+benchmarking ranges, unique-local and site-local IPv6, multicast, reserved and
+unspecified addresses, and the IPv6 forms that embed one of those (IPv4-mapped, 6to4,
+Teredo, NAT64). Only globally routable addresses are
 allowed, plus the networks an operator opens on purpose
 (``SPINNER_HTTP_ALLOWED_NETWORKS``).
 
@@ -112,8 +114,12 @@ def _kind(address: IPAddress) -> str | None:
         return "a link-local address (cloud metadata lives there)"
     if address.is_multicast:
         return "a multicast address"
-    if isinstance(address, IPv4Address) and address in _CGNAT:
-        return "a shared (CGNAT) address"
+    # The ranges named here first: their kind is clearer than Python's flags, and
+    # some (192.0.0.0/24, fec0::/10) are "global" to Python 3.11's ``ipaddress``
+    # although the IANA registries mark them not globally reachable.
+    for network, kind in _NON_PUBLIC[address.version]:
+        if address in network:
+            return kind
     if address.is_reserved:
         return "a reserved address"
     if address.is_private:
@@ -123,7 +129,40 @@ def _kind(address: IPAddress) -> str | None:
     return None
 
 
-_CGNAT = ip_network("100.64.0.0/10")
+def _networks(*entries: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
+    return tuple((ip_network(cidr), kind) for cidr, kind in entries)
+
+
+# The IANA special-purpose registries' ranges that are not globally reachable (and
+# deprecated ones), by IP version, checked before Python's flags.
+_NON_PUBLIC: dict[int, tuple[tuple[IPNetwork, str], ...]] = {
+    4: _networks(
+        ("0.0.0.0/8", "a 'this network' address"),
+        ("10.0.0.0/8", "a private address"),
+        ("100.64.0.0/10", "a shared (CGNAT) address"),
+        ("172.16.0.0/12", "a private address"),
+        (
+            "192.0.0.0/24",
+            "an IETF protocol address (Oracle Cloud metadata lives there)",
+        ),
+        ("192.0.2.0/24", "a documentation address"),
+        ("192.88.99.0/24", "a deprecated 6to4 relay address"),
+        ("192.168.0.0/16", "a private address"),
+        ("198.18.0.0/15", "a benchmarking address"),
+        ("198.51.100.0/24", "a documentation address"),
+        ("203.0.113.0/24", "a documentation address"),
+        ("240.0.0.0/4", "a reserved address (broadcast included)"),
+    ),
+    6: _networks(
+        ("64:ff9b:1::/48", "a local-use NAT64 address"),
+        ("100::/64", "a discard-only address"),
+        ("2001:db8::/32", "a documentation address"),
+        ("3fff::/20", "a documentation address"),
+        ("5f00::/16", "a segment-routing (SRv6) address"),
+        ("fc00::/7", "a unique-local address"),
+        ("fec0::/10", "a site-local address (deprecated)"),
+    ),
+}
 
 
 def literal_address(host: str) -> IPAddress | None:

@@ -258,6 +258,10 @@ class PaginationCycleError(SourceRequestError):
     """The source's pages repeat (a next URL, a cursor, or a whole page came back)."""
 
 
+class SourcePageTooLargeError(PermanentSourceError):
+    """A page's body is larger than the table's cap (``max_page_bytes``)."""
+
+
 class TableGoneError(PermanentSourceError):
     """The table was removed from the catalog while the job was queued."""
 
