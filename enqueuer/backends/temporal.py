@@ -342,7 +342,7 @@ class TemporalBackend:
         return "closed"
 
     async def count_running(self) -> int:
-        """Running download-records jobs, from visibility (cached for one second)."""
+        """Running download-records jobs of this task queue, from visibility (cached 1 s)."""
         now = time.monotonic()
         if self._running_count and now - self._running_count[0] < 1.0:
             return self._running_count[1]
@@ -352,6 +352,7 @@ class TemporalBackend:
                 await self._bounded(
                     client.count_workflows(
                         f'WorkflowType="{wire.WORKFLOW_DOWNLOAD_RECORDS}" '
+                        f'AND TaskQueue="{self._settings.task_queue}" '
                         'AND ExecutionStatus="Running"'
                     )
                 )

@@ -205,6 +205,8 @@ async def _files(
         if len(found) >= count:
             return found
         dead = [c for c in children if c.poll() is not None]
+        if dead and len(_found(folder, prefix)) >= count:
+            continue  # they wrote their results, then exited, since the look above
         if dead or loop.time() > deadline:
             detail = b"".join(c.stderr.read() if c.stderr else b"" for c in dead).decode()
             raise AssertionError(f"enqueuing processes stopped before {prefix}*: {detail}")
