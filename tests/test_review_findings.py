@@ -1,9 +1,10 @@
-"""REVIEW FINDINGS: holes found by a hostile-user review of tenancy, locking and sources.
+"""Holes a hostile-user review found in tenancy, locking and sources, kept closed.
 
-Every test in this file FAILS against the engine as it stands: each one shows a hole
-that the trust (issue 7) and tenant-isolation (issue 8) work left open. They state the
-behaviour the README promises (or that a multi-tenant engine needs) and are meant to
-pass once the hole is closed; none of them fixes anything.
+Each test was written against the engine before its fix and failed there; each states
+the behaviour the README promises (or a multi-tenant engine needs): ids of another
+organization's workbooks and tables cannot be taken, a live job keeps its locks, a table
+never mixes two sources, public calls and the CLI raise typed one-line errors, and
+hostile HTTP sources are cut off (deadline, page cap, cycles, secrets, addresses).
 """
 
 from __future__ import annotations
