@@ -88,6 +88,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     cursor TEXT,
     records INTEGER NOT NULL,
     pages INTEGER NOT NULL,
+    config_hash TEXT,
     PRIMARY KEY (table_id, job_id)
 );
 """
@@ -207,14 +208,20 @@ class SqliteStore:
 
     @_translated
     def migrate(self) -> None:
-        """Create the schema if missing; add the columns newer versions use."""
-        conn = self._conn()
-        conn.executescript(_SCHEMA)
-        for table, columns in _ADDED_COLUMNS.items():
-            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-            for name, kind in columns:
-                if name not in have:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        """Create the schema if missing; add the columns newer versions use.
+
+        One write transaction: concurrent callers (several processes opening a new
+        file at once) take turns, so none adds a column another has just added.
+        """
+        with self._write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for name, kind in columns:
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         """Close every thread's connection."""
