@@ -204,9 +204,13 @@ async def _files(
         found = _found(folder, prefix)
         if len(found) >= count:
             return found
-        dead = [c for c in children if c.poll() is not None]
-        if dead and len(_found(folder, prefix)) >= count:
-            continue  # they wrote their results, then exited, since the look above
+        # A child that has exited must have written its file (named after its pid);
+        # the others may still be writing theirs.
+        dead = [
+            c
+            for c in children
+            if c.poll() is not None and not (folder / f"{prefix}{c.pid}").exists()
+        ]
         if dead or loop.time() > deadline:
             detail = b"".join(c.stderr.read() if c.stderr else b"" for c in dead).decode()
             raise AssertionError(f"enqueuing processes stopped before {prefix}*: {detail}")
