@@ -32,7 +32,7 @@ from spinner_jobs.core import wire
 from spinner_jobs.core.models import (
     JOB_TYPE_DOWNLOAD_RECORDS,
     Actor,
-    DownloadRecordsJobInput,
+    JobSpec,
     Table,
     Workbook,
 )
@@ -133,7 +133,7 @@ async def main() -> None:
                 TemporalBackend(settings.temporal, settings.enqueue_timeout, client),
             )
             template = enqueuer._workflow_input(
-                "x", DownloadRecordsJobInput(workbook_id="wb", actor=ACTOR), ["t"]
+                "x", JobSpec(workbook_id="wb", actor=ACTOR), ["t"]
             )
 
             async def ours(i: int) -> None:
@@ -141,7 +141,7 @@ async def main() -> None:
 
             async def bare(i: int) -> None:
                 job_id = f"bare-{uuid.uuid4().hex[:16]}"
-                job = DownloadRecordsJobInput(workbook_id=f"wb_{i}", actor=ACTOR)
+                job = JobSpec(workbook_id=f"wb_{i}", actor=ACTOR)
                 await client.start_workflow(
                     wire.WORKFLOW_DOWNLOAD_RECORDS,
                     template.model_copy(

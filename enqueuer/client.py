@@ -1,20 +1,22 @@
-"""The Enqueuer: what services call to enqueue and follow download-records jobs."""
+"""The Enqueuer: what services call to enqueue and follow jobs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from enqueuer.backends.base import JobBackend
+from enqueuer.backends.base import JobBackend, JobIdTakenError, StartRequest
+from enqueuer.jobtypes import JOB_TYPES, queue_config, with_retry
 from enqueuer.settings import Settings
 from spinner_jobs.core.errors import (
     InvalidJobError,
@@ -31,18 +33,23 @@ from spinner_jobs.core.models import (
     HIGHEST_PRIORITY,
     LOWEST_PRIORITY,
     Actor,
-    DownloadRecordsJobInput,
-    DownloadRecordsWorkflowInput,
     EventKind,
     JobEvent,
+    JobOptions,
     JobProgress,
     JobRef,
     JobResult,
+    JobSpec,
     JobStats,
     JobStatus,
+    JobWorkflowInput,
+    LockPolicy,
     RetryOptions,
+    TableJobInput,
     TableStatus,
 )
+from workflows.download_records import DOWNLOAD_RECORDS
+from workflows.jobtype import JobType
 
 if TYPE_CHECKING:
     from spinner_jobs.store.base import HeldLock, Store
@@ -63,7 +70,7 @@ _JOB_EVENTS = {
 
 
 class Enqueuer:
-    """Enqueue download-records jobs and follow them, on Temporal or in-process.
+    """Enqueue jobs of every registered job type and follow them, on Temporal or in-process.
 
     Build one per process with :meth:`from_env` (or :meth:`from_settings`) and close
     it with :meth:`aclose` (or ``async with``).
@@ -105,15 +112,14 @@ class Enqueuer:
             )
         else:
             from enqueuer.backends.inprocess import InProcessBackend
-            from enqueuer.wiring import download_activities, open_connectors, open_webhook
+            from enqueuer.wiring import open_connectors, open_webhook, work_parts
 
             connectors = open_connectors(settings)
             webhook, http = open_webhook(settings)
             if http is not None:
                 owned.append(http)
             owned.append(connectors)
-            activities = download_activities(settings, store, connectors)
-            backend = InProcessBackend(activities, settings.retention, webhook)
+            backend = InProcessBackend(work_parts(settings, store, connectors), settings, webhook)
         enqueuer = cls(settings, store, backend)
         enqueuer._owned = owned + ([store] if own_store else [])
         return enqueuer
@@ -141,6 +147,139 @@ class Enqueuer:
 
     # --- enqueue -----------------------------------------------------------------------
 
+    async def enqueue(
+        self,
+        job_type: str | JobType,
+        input: TableJobInput | Mapping[str, Any],
+        *,
+        actor: Actor | Mapping[str, Any],
+        options: JobOptions | Mapping[str, Any] | None = None,
+    ) -> JobRef:
+        """Enqueue a job of any registered job type and return at once.
+
+        Args:
+            job_type: the job type's name (e.g. ``"export-records"``) or declaration.
+            input: the job type's input model, or a mapping of its fields.
+            actor: who asks (user id + organization id); the workbook must be theirs.
+            options: how to run this job, over the job type's defaults: ``job_id`` (an
+                idempotency key: the same key again returns the existing job),
+                ``priority`` (1 runs first … 5 last), ``retry``, ``metadata``, ``delay``.
+
+        Returns:
+            The job reference (job id = Temporal workflow id).
+
+        Raises:
+            UnknownJobTypeError: no such job type (an ``InvalidJobError``).
+            InvalidJobError: a parameter is invalid (``field`` names it).
+            WorkbookNotFoundError: no such workbook for the actor's organization.
+            TableNotFoundError: table ids not in the workbook.
+            JobConflictError: a table is held by another running job.
+            QueueFullError: the job type's pending-jobs cap is reached.
+            EnqueueConnectionError: the Temporal server cannot be reached in time.
+            StoreUnavailableError: the store did not answer within the enqueue timeout.
+
+        """
+        kind = JOB_TYPES.get(job_type)
+        _check_raw(
+            input.get("table_ids") if isinstance(input, Mapping) else None,
+            options.get("metadata") if isinstance(options, Mapping) else None,
+        )
+        if isinstance(options, Mapping) and options.get("priority") is not None:
+            _priority(options["priority"])  # the plain answer, before the model's
+        params = _validated(kind.input_model, input, "input")
+        opts = _validated(JobOptions, options or {}, "options")
+        job = self._validate(params.workbook_id, actor, params.table_ids, opts.metadata)
+        queue = queue_config(self.settings, kind)
+        priority = _priority(opts.priority) if opts.priority is not None else queue.priority
+        if opts.delay is not None and not timedelta(0) <= opts.delay <= MAX_DELAY:
+            raise InvalidJobError("options.delay", f"must be from 0 to {MAX_DELAY.days} days")
+        if opts.job_id is not None:
+            job_id = caller_job_id(kind.name, job.actor.organization_id, opts.job_id)
+            existing = await self.backend.find(job_id, job.actor.organization_id)
+            if existing is not None:
+                log.info("job_enqueue_repeated", job_id=job_id, job_type=kind.name)
+                return existing
+        else:
+            job_id = f"{kind.name}-{uuid.uuid4().hex[:16]}"
+        # One trip to the store thread: look the workbook up, check the tables, lock them.
+        # The store gives up within the enqueue timeout (StoreUnavailableError).
+        wanted, held = await self._in_store(self._reserve_tables, job, job_id, kind.locks)
+        locked = wanted if kind.locks == LockPolicy.TABLES else []
+        try:
+            if held:
+                await self._take_over_stale_locks(wanted, job_id, held)
+            running = await self.backend.count_running(kind.name, queue.task_queue)
+            if running >= queue.max_pending:
+                raise QueueFullError(running, queue.max_pending)
+            input_ = JobWorkflowInput(
+                job_id=job_id,
+                job_type=kind.name,
+                job=job,
+                table_ids=wanted,
+                options=kind.options_of(params),
+                store_counts=kind.store_counts,
+                retry=with_retry(queue.retry, opts.retry),
+                table_parallelism=queue.table_parallelism,
+                heartbeat_timeout=queue.heartbeat_timeout,
+                table_timeout=queue.table_timeout,
+                webhook_retry=self._webhook_retry(),
+                priority=priority,
+                fairness_weight=self.settings.fairness_weights.get(job.actor.organization_id),
+            )
+            request = StartRequest(
+                input=input_,
+                job_type=kind,
+                summary=kind.summary(job, wanted),
+                task_queue=queue.task_queue,
+                delay=opts.delay,
+            )
+            starting = asyncio.ensure_future(self.backend.start(request))
+            try:
+                run_id = await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                # The caller gave up, but the server may accept the start all the same:
+                # let it finish, then keep the locks (the job runs) or give them back.
+                starting.add_done_callback(
+                    lambda done: self._after_abandoned_start(done, locked, job_id)
+                )
+                raise _Abandoned from None
+        except _Abandoned:
+            raise asyncio.CancelledError from None
+        except JobIdTakenError:
+            # The same key was enqueued at the same moment and that start won: the
+            # locks are that job's now, and so is the answer.
+            existing = await self.backend.find(job_id, job.actor.organization_id)
+            if existing is None:
+                raise
+            return existing
+        except BaseException:
+            # Nothing half-started: whatever stopped the job, its locks go back. If the
+            # store is out too, the lock goes stale and the next enqueue takes it over.
+            # A caller's key may belong to a job that started meanwhile: keep its locks.
+            if locked and (opts.job_id is None or await self._never_started(job_id)):
+                with contextlib.suppress(StoreUnavailableError):
+                    await self._in_store(self.store.unlock_tables, locked, job_id)
+            raise
+        log.info(
+            "job_enqueued",
+            job_id=job_id,
+            job_type=kind.name,
+            workbook_id=job.workbook_id,
+            user_id=job.actor.user_id,
+            organization_id=job.actor.organization_id,
+            tables=len(wanted),
+            priority=priority,
+            backend=self.backend.kind.value,
+        )
+        return JobRef(
+            job_id=job_id,
+            job_type=kind.name,
+            run_id=run_id,
+            workbook_id=job.workbook_id,
+            table_ids=wanted,
+            backend=self.backend.kind,
+        )
+
     async def enqueue_download_records_job(
         self,
         workbook_id: str,
@@ -150,81 +289,34 @@ class Enqueuer:
         *,
         priority: int | None = None,
     ) -> JobRef:
-        """Enqueue a download of the workbook's tables and return at once.
+        """Enqueue a download of the workbook's tables (``None``: all) and return at once.
 
-        Args:
-            workbook_id: the workbook whose tables to download.
-            actor: who asks (user id + organization id); the workbook must be theirs.
-            table_ids: tables to download; None for all of the workbook's tables.
-            metadata: a JSON object carried with the job (size-capped).
-            priority: 1 (runs first) to 5 (runs last) when jobs wait for workers; None
-                for the default, 3. On Temporal it is the task-queue priority of the
-                job and of its activities; the in-process backend starts every job at
-                once and ignores it.
-
-        Returns:
-            The job reference (job id = Temporal workflow id).
-
-        Raises:
-            InvalidJobError: a parameter is invalid (``field`` names it).
-            WorkbookNotFoundError: no such workbook for the actor's organization.
-            TableNotFoundError: table ids not in the workbook.
-            JobConflictError: a table is already being downloaded by a running job.
-            QueueFullError: the pending-jobs cap is reached.
-            EnqueueConnectionError: the Temporal server cannot be reached in time.
-
+        The typed form of :meth:`enqueue` for ``download-records``; ``priority`` and
+        ``metadata`` are its options. Raises as :meth:`enqueue` does.
         """
-        job = self._validate(workbook_id, actor, table_ids, metadata)
-        priority = _priority(priority)
-        job_id = f"download-records-{uuid.uuid4().hex[:16]}"
-        # One trip to the store thread: look the workbook up, check the tables, lock them.
-        # The store gives up within the enqueue timeout (StoreUnavailableError).
-        wanted, held = await self._in_store(self._reserve_tables, job, job_id)
-        try:
-            if held:
-                await self._take_over_stale_locks(wanted, job_id, held)
-            running = await self.backend.count_running()
-            if running >= self.settings.jobs.max_pending:
-                raise QueueFullError(running, self.settings.jobs.max_pending)
-            summary = (
-                f"Download {len(wanted)} table{'s' * (len(wanted) != 1)} of workbook "
-                f"{job.workbook_id} for user {job.actor.user_id}"
-            )
-            starting = asyncio.ensure_future(
-                self.backend.start(self._workflow_input(job_id, job, wanted, priority), summary)
-            )
-            try:
-                run_id = await asyncio.shield(starting)
-            except asyncio.CancelledError:
-                # The caller gave up, but the server may accept the start all the same:
-                # let it finish, then keep the locks (the job runs) or give them back.
-                starting.add_done_callback(
-                    lambda done: self._after_abandoned_start(done, wanted, job_id)
-                )
-                raise _Abandoned from None
-        except _Abandoned:
-            raise asyncio.CancelledError from None
-        except BaseException:
-            # Nothing half-started: whatever stopped the job, its locks go back. If the
-            # store is out too, the lock goes stale and the next enqueue takes it over.
-            with contextlib.suppress(StoreUnavailableError):
-                await self._in_store(self.store.unlock_tables, wanted, job_id)
-            raise
-        log.info(
-            "job_enqueued",
-            job_id=job_id,
-            workbook_id=job.workbook_id,
-            user_id=job.actor.user_id,
-            organization_id=job.actor.organization_id,
-            tables=len(wanted),
-            backend=self.backend.kind.value,
+        return await self.enqueue(
+            DOWNLOAD_RECORDS,
+            _table_job_fields(workbook_id, table_ids),
+            actor=actor,
+            options=_options(priority=priority, metadata=metadata),
         )
-        return JobRef(
-            job_id=job_id,
-            run_id=run_id,
-            workbook_id=job.workbook_id,
-            table_ids=wanted,
-            backend=self.backend.kind,
+
+    async def _never_started(self, job_id: str) -> bool:
+        """Whether the backend has never seen the job (its locks may be given back)."""
+        try:
+            return await self.backend.holder_state(job_id) == "unknown"
+        except SpinnerError:
+            return False  # cannot say: keep the locks; they go stale if unused
+
+    def _webhook_retry(self) -> RetryOptions | None:
+        s = self.settings
+        if not s.webhook.url:
+            return None
+        return RetryOptions(
+            maximum_attempts=s.webhook.maximum_attempts,
+            initial_interval=s.retry.initial_interval,
+            backoff_coefficient=s.retry.backoff_coefficient,
+            maximum_interval=s.retry.maximum_interval,
         )
 
     def _after_abandoned_start(
@@ -246,7 +338,7 @@ class Enqueuer:
             state = await self.backend.holder_state(job_id)
         except SpinnerError:
             return
-        if state == "unknown":
+        if state == "unknown" and tables:
             await self._in_store(self.store.unlock_tables, tables, job_id)
         else:
             log.warning("job_started_after_enqueue_cancelled", job_id=job_id, tables=tables)
@@ -267,25 +359,10 @@ class Enqueuer:
         actor: Actor | Mapping[str, Any],
         table_ids: Sequence[str] | None,
         metadata: Mapping[str, Any] | None,
-    ) -> DownloadRecordsJobInput:
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise InvalidJobError("metadata", "must be a JSON object (a mapping)")
-        if table_ids is not None:
-            # A str or a dict is iterable too: "xy" must not mean tables "x" and "y".
-            if not isinstance(table_ids, list | tuple):
-                raise InvalidJobError(
-                    "table_ids", f"must be a list of table ids, not {type(table_ids).__name__}"
-                )
-            strange = [t for t in table_ids if not isinstance(t, str)]
-            if strange:
-                raise InvalidJobError(
-                    "table_ids", f"must be table id strings, not {type(strange[0]).__name__}"
-                )
-            repeated = sorted({t for t in table_ids if table_ids.count(t) > 1})
-            if repeated:
-                raise InvalidJobError("table_ids", f"repeated ids {repeated}; list each table once")
+    ) -> JobSpec:
+        _check_raw(table_ids, metadata)
         try:
-            job = DownloadRecordsJobInput.model_validate(
+            job = JobSpec.model_validate(
                 {
                     "workbook_id": workbook_id,
                     "actor": actor,
@@ -313,13 +390,14 @@ class Enqueuer:
         return job
 
     def _reserve_tables(
-        self, job: DownloadRecordsJobInput, job_id: str
+        self, job: JobSpec, job_id: str, locks: LockPolicy
     ) -> tuple[list[str], dict[str, HeldLock]]:
         """Check the workbook and tables against the catalog, then lock the tables.
 
         Returns:
             The table ids of the job, and the locks other jobs hold on them (``{}``
-            when the tables are now locked for ``job_id``).
+            when the tables are now locked for ``job_id``, or the job type locks
+            nothing).
         """
         workbook = self.store.get_workbook(job.workbook_id)
         if workbook is None or workbook.organization_id != job.actor.organization_id:
@@ -331,6 +409,8 @@ class Enqueuer:
             raise TableNotFoundError(job.workbook_id, unknown)
         if not wanted:
             raise InvalidJobError("table_ids", f"workbook {job.workbook_id!r} has no tables")
+        if locks == LockPolicy.NONE:
+            return wanted, {}
         return wanted, self.store.lock_tables(wanted, job_id)
 
     @property
@@ -374,35 +454,6 @@ class Enqueuer:
                 holder, [t for t, lock in again.items() if lock.job_id == holder]
             )
 
-    def _workflow_input(
-        self,
-        job_id: str,
-        job: DownloadRecordsJobInput,
-        table_ids: list[str],
-        priority: int = DEFAULT_PRIORITY,
-    ) -> DownloadRecordsWorkflowInput:
-        s = self.settings
-        webhook_retry = None
-        if s.webhook.url:
-            webhook_retry = RetryOptions(
-                maximum_attempts=s.webhook.maximum_attempts,
-                initial_interval=s.retry.initial_interval,
-                backoff_coefficient=s.retry.backoff_coefficient,
-                maximum_interval=s.retry.maximum_interval,
-            )
-        return DownloadRecordsWorkflowInput(
-            job_id=job_id,
-            job=job,
-            table_ids=table_ids,
-            retry=RetryOptions(**s.retry.model_dump()),
-            table_parallelism=s.jobs.table_parallelism,
-            heartbeat_timeout=s.jobs.heartbeat_timeout,
-            table_timeout=s.jobs.table_timeout,
-            webhook_retry=webhook_retry,
-            priority=priority,
-            fairness_weight=s.fairness_weights.get(job.actor.organization_id),
-        )
-
     # --- follow ------------------------------------------------------------------------
 
     async def progress(self, job_id: str, *, actor: Actor | Mapping[str, Any]) -> JobProgress:
@@ -419,15 +470,26 @@ class Enqueuer:
         """Wait until the job closes; its result says completed, failed or cancelled."""
         return await self.backend.wait(job_id, _organization(actor))
 
-    async def stats(self, organization_id: str | None = None) -> JobStats:
+    async def stats(
+        self, organization_id: str | None = None, job_type: str | JobType | None = None
+    ) -> JobStats:
         """Job counts by status, success/failure rates, processing-time p50/p95, queue depth.
 
-        On Temporal the figures cover the jobs of ``settings.temporal.task_queue`` as the
-        server's visibility holds them (eventually consistent, within about a second);
-        in-process they cover the jobs this process ran. ``organization_id`` limits
-        them to one organization's jobs.
+        On Temporal the figures cover the jobs as the server's visibility holds them
+        (eventually consistent, within about a second), with the backlog and workers
+        of the job type's task queue (or of ``settings.temporal.task_queue`` when every
+        job type runs there); in-process they cover the jobs this process ran.
+        ``organization_id`` limits them to one organization's jobs, ``job_type`` to
+        one job type's (None: every registered job type).
         """
-        return await self.backend.stats(organization_id)
+        if job_type is not None:
+            kind = JOB_TYPES.get(job_type)
+            return await self.backend.stats(
+                [kind.name], queue_config(self.settings, kind).task_queue, organization_id
+            )
+        queues = {queue_config(self.settings, kind).task_queue for kind in JOB_TYPES}
+        queue = queues.pop() if len(queues) == 1 else None
+        return await self.backend.stats(JOB_TYPES.names, queue, organization_id)
 
     async def cancel(self, job_id: str, *, actor: Actor | Mapping[str, Any]) -> None:
         """Stop the job; its table locks are released.
@@ -534,3 +596,79 @@ def _priority(priority: object) -> int:
             f"{LOWEST_PRIORITY} (runs last); pass None for the default, {DEFAULT_PRIORITY}",
         )
     return priority
+
+
+MAX_DELAY = timedelta(days=30)
+"""Longest ``options.delay``."""
+
+
+def caller_job_id(job_type: str, organization_id: str, key: str) -> str:
+    """The job id of a caller's idempotency key.
+
+    Scoped to the organization (by a digest of its id) and the job type, so one
+    organization's key can neither find nor block another's job.
+    """
+    org = hashlib.sha256(organization_id.encode()).hexdigest()[:12]
+    return f"{job_type}-{org}-{key}"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], value: object, field: str) -> M:
+    """``value`` as ``model`` (an instance of it, or a mapping of its fields).
+
+    Raises:
+        InvalidJobError: naming the offending field.
+
+    """
+    if isinstance(value, model):
+        return value
+    if isinstance(value, BaseModel) or not isinstance(value, Mapping):
+        raise InvalidJobError(
+            field,
+            f"must be a {model.__name__} or a mapping of its fields, not {type(value).__name__}",
+        )
+    try:
+        return model.model_validate(dict(value))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidJobError(
+            where if field == "input" else f"{field}.{where}", first["msg"]
+        ) from None
+
+
+def _check_raw(table_ids: object, metadata: object) -> None:
+    """Type checks with plain answers, before the models coerce anything."""
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidJobError("metadata", "must be a JSON object (a mapping)")
+    if table_ids is None:
+        return
+    # A str or a dict is iterable too: "xy" must not mean tables "x" and "y".
+    if not isinstance(table_ids, list | tuple):
+        raise InvalidJobError(
+            "table_ids", f"must be a list of table ids, not {type(table_ids).__name__}"
+        )
+    strange = [t for t in table_ids if not isinstance(t, str)]
+    if strange:
+        raise InvalidJobError(
+            "table_ids", f"must be table id strings, not {type(strange[0]).__name__}"
+        )
+    repeated = sorted({t for t in table_ids if table_ids.count(t) > 1})
+    if repeated:
+        raise InvalidJobError("table_ids", f"repeated ids {repeated}; list each table once")
+
+
+def _table_job_fields(workbook_id: object, table_ids: object) -> dict[str, Any]:
+    """The fields every table job's input has, as given (validated by ``enqueue``)."""
+    _check_raw(table_ids, None)
+    return {
+        "workbook_id": workbook_id,
+        "table_ids": list(table_ids) if isinstance(table_ids, list | tuple) else table_ids,
+    }
+
+
+def _options(**given: Any) -> dict[str, Any]:
+    """Job options from the typed conveniences' keyword arguments (None: the default)."""
+    return {name: value for name, value in given.items() if value is not None}

@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from spinner_jobs.core.models import QueueSettings
+
 
 class ServiceType(StrEnum):
     """What a process started with ``spinner-jobs worker`` does."""
@@ -172,6 +174,14 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     webhook: WebhookSettings = WebhookSettings()
     codec: CodecServerSettings = CodecServerSettings()
+    job_types: dict[str, QueueSettings] = Field(
+        default_factory=dict,
+        description="Queue settings per job type, as JSON over the job type's defaults "
+        'and the engine-wide ones: SPINNER_JOB_TYPES=\'{"export-records": '
+        '{"keep_completed": 50, "priority": 4, "task_queue": "exports"}}\'. '
+        "Fields: task_queue, priority, table_parallelism, table_timeout, "
+        "heartbeat_timeout, max_pending, keep_completed, keep_failed, retry.",
+    )
     secret_key: SecretStr | None = Field(
         None,
         description="Keys of account secrets at rest: comma-separated base64 32-byte keys, "

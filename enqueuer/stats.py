@@ -49,16 +49,18 @@ async def temporal_stats(
     client: Client,
     task_queue: str | None = None,
     *,
+    job_types: Sequence[str],
     organization_id: str | None = None,
     sample: int = DEFAULT_SAMPLE,
     rpc_timeout: timedelta | None = None,
 ) -> JobStats:
-    """Statistics of download-records jobs from a Temporal server.
+    """Statistics of the engine's jobs from a Temporal server.
 
     Args:
         client: connected client; its namespace is the one measured.
         task_queue: only jobs started on this task queue, and its backlog; None for
-            every download-records job of the namespace (no queue depth then).
+            every job of the namespace (no queue depth then).
+        job_types: the job types (workflow types) counted.
         organization_id: only this organization's jobs (the queue depth and worker
             count stay those of the whole queue: workers are shared).
         sample: how many of the most recently closed completed or failed jobs the
@@ -69,7 +71,8 @@ async def temporal_stats(
         The figures, measured now.
 
     """
-    query = f'WorkflowType="{wire.WORKFLOW_DOWNLOAD_RECORDS}"'
+    types = ", ".join(f'"{_quoted(name)}"' for name in job_types)
+    query = f"WorkflowType IN ({types})"
     if task_queue is not None:
         query += f' AND TaskQueue="{_quoted(task_queue)}"'
     if organization_id is not None:
@@ -120,6 +123,7 @@ async def temporal_stats(
     return job_stats(
         Backend.TEMPORAL,
         task_queue=task_queue,
+        job_types=job_types,
         counts=found,
         durations=times,
         queue_depth=depth,
@@ -190,6 +194,7 @@ def job_stats(
     backend: Backend,
     *,
     task_queue: str | None,
+    job_types: Sequence[str],
     counts: Mapping[str, int],
     durations: Iterable[timedelta],
     queue_depth: int | None,
@@ -200,6 +205,7 @@ def job_stats(
     Args:
         backend: where the jobs run.
         task_queue: the task queue the figures cover, if one.
+        job_types: the job types the figures cover.
         counts: jobs per JobStats count field (``running``, ``completed``, ...).
         durations: processing times of recent completed or failed jobs.
         queue_depth: backlog (Temporal) or running jobs (in-process).
@@ -213,6 +219,7 @@ def job_stats(
     return JobStats(
         backend=backend,
         task_queue=task_queue,
+        job_types=list(job_types),
         enqueued=sum(n.values()),
         running=n["running"],
         completed=n["completed"],

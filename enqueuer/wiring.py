@@ -1,17 +1,17 @@
 """What the in-process backend and the worker both build from settings.
 
 One home for turning settings into live parts: the connectors (confined as the
-settings say), the webhook sender and the download activities. The Temporal worker
-(``spinner_jobs.worker``) and the in-process backend (``SPINNER_USE_JOBS=false``)
-wire the same parts the same way.
+settings say), the webhook sender and the parts every job type's table work runs
+on. The Temporal worker (``spinner_jobs.worker``) and the in-process backend
+(``SPINNER_USE_JOBS=false``) wire the same parts the same way.
 """
 
 from __future__ import annotations
 
 import httpx
 
-from activities.download import DownloadActivities
 from activities.notify import WebhookSender
+from activities.tables import WorkParts
 from enqueuer.settings import Settings
 from spinner_jobs.connectors.registry import ConnectorRegistry, default_connectors
 from spinner_jobs.store.base import Store
@@ -39,13 +39,12 @@ def open_webhook(settings: Settings) -> tuple[WebhookSender | None, httpx.AsyncC
     return WebhookSender(hook.url, secret, http), http
 
 
-def download_activities(
-    settings: Settings, store: Store, connectors: ConnectorRegistry
-) -> DownloadActivities:
-    """The download-records activities over ``store`` and ``connectors``."""
-    return DownloadActivities(
-        store,
-        connectors,
+def work_parts(settings: Settings, store: Store, connectors: ConnectorRegistry) -> WorkParts:
+    """What the job types' table work runs on: ``store``, ``connectors`` and knobs."""
+    return WorkParts(
+        store=store,
+        connectors=connectors,
         store_outage_timeout=settings.jobs.store_outage_timeout,
         live_interval=settings.jobs.progress_interval,
+        exports_dir=settings.data_dir / "exports",
     )

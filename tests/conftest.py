@@ -12,7 +12,7 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.download import DownloadActivities
+from activities.tables import WorkParts
 from enqueuer import Enqueuer
 from enqueuer.backends.inprocess import InProcessBackend
 from enqueuer.logs import configure_logging
@@ -174,7 +174,7 @@ async def enqueuer(
         async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enq:
             yield enq
     else:
-        backend = InProcessBackend(DownloadActivities(sqlite_store, connectors), settings.retention)
+        backend = InProcessBackend(WorkParts(sqlite_store, connectors), settings)
         enq = Enqueuer(settings.model_copy(update={"use_jobs": False}), sqlite_store, backend)
         yield enq
         await enq.aclose()

@@ -203,7 +203,7 @@ async def test_bad_input_is_a_typed_error_and_starts_nothing(
         started = await client.count_workflows(f'WorkbookId="{wb.id}"')
         assert started.count == 0
     else:
-        assert await enqueuer.backend.count_running() == 0
+        assert await enqueuer.backend.count_running("download-records", "any") == 0
     table = sqlite_store.get_workbook(wb.id).tables[0]  # type: ignore[union-attr]
     assert table.locked_by is None
 

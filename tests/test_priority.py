@@ -24,6 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.download import DownloadActivities
+from activities.tables import TableActivities, WorkParts
 from enqueuer import Actor, Enqueuer, InvalidJobError, JobRef
 from enqueuer.backends.temporal import TemporalBackend
 from enqueuer.settings import Settings
@@ -43,12 +44,13 @@ async def one_slot_worker(
 ) -> AsyncIterator[None]:
     """The download-records workflow and activities, one task of each kind at a time."""
     registry = ConnectorRegistry([recorder])
-    download = DownloadActivities(store, registry)
+    download = DownloadActivities(WorkParts(store, registry))
+    tables = TableActivities(store)
     worker = Worker(
         client,
         task_queue=task_queue,
         workflows=[DownloadRecordsWorkflow],
-        activities=[download.resolve_tables, download.download_table, download.release_locks],
+        activities=[tables.resolve_tables, download.download_table, tables.release_locks],
         max_concurrent_workflow_tasks=1,
         max_concurrent_activities=1,
         max_concurrent_activity_task_polls=1,

@@ -195,7 +195,7 @@ async def test_sweep_keeps_the_newest_10_completed_and_5_failed_jobs(
 
         sweep = RetentionActivities(index)
         # Settings defaults: keep 10 completed, 5 failed (RetentionSettings).
-        sweep_input = retention_sweep_input(settings, settings.temporal.task_queue)
+        sweep_input = retention_sweep_input(settings, "download-records")
         async with Worker(
             client,
             task_queue=sweep_queue,
@@ -327,7 +327,7 @@ async def test_retention_schedule_is_created_once_then_updated(
 ) -> None:
     client = dev_env.client
     queue = settings.temporal.task_queue
-    schedule_id = retention_schedule_id(queue)
+    schedule_id = retention_schedule_id(queue, "download-records")
     handle = client.get_schedule_handle(schedule_id)
 
     async def sweep_args() -> RetentionSweepInput:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from activities.download import DownloadActivities
+from activities.tables import WorkParts
 from enqueuer import Enqueuer
 from enqueuer.backends.inprocess import InProcessBackend
 from enqueuer.settings import Settings
@@ -56,7 +56,7 @@ def _write_records(store: SqliteStore, table_id: str, job_id: str, n: int) -> No
 
 
 def _in_process(settings: Settings, store: SqliteStore, connectors: ConnectorRegistry) -> Enqueuer:
-    backend = InProcessBackend(DownloadActivities(store, connectors), settings.retention)
+    backend = InProcessBackend(WorkParts(store, connectors), settings)
     return Enqueuer(settings.model_copy(update={"use_jobs": False}), store, backend)
 
 
@@ -236,7 +236,7 @@ async def test_review_files_encoding_that_is_not_a_text_codec_is_refused(tmp_pat
 @pytest.mark.parametrize(
     "args",
     [
-        ["enqueue", "wb", "--user", "u", "--org", "o", "--metadata", "{not json"],
+        ["enqueue", "download-records", "wb", "--user", "u", "--org", "o", "--metadata", "{not json"],
         ["status", "some-job", "--org", ""],
         ["create-workbook", "", "--org", "org_a"],
     ],
@@ -480,9 +480,9 @@ async def test_review_enqueue_cancelled_after_start_leaves_no_lockless_job(
     async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enq:
         real_start = enq.backend.start
 
-        async def start_then_cancelled(input: Any, summary: str) -> str | None:
-            await real_start(input, summary)
-            started.append(input.job_id)
+        async def start_then_cancelled(request: Any) -> str | None:
+            await real_start(request)
+            started.append(request.input.job_id)
             raise asyncio.CancelledError
 
         enq.backend.start = start_then_cancelled  # type: ignore[method-assign]

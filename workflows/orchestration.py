@@ -1,4 +1,4 @@
-"""The download-records job's orchestration, shared by both backends.
+"""A table job's orchestration, shared by every job type and both backends.
 
 :class:`JobRun` decides which tables run when, tracks their status and builds the
 job's result. It does no I/O itself: every effect goes through :class:`JobOps`, which
@@ -14,14 +14,12 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from spinner_jobs.core.models import (
-    DownloadRecordsWorkflowInput,
-    DownloadTableInput,
-    DownloadTableResult,
     EventKind,
     JobEvent,
     JobProgress,
     JobResult,
     JobStatus,
+    JobWorkflowInput,
     ReleaseLocksInput,
     ReleaseLocksResult,
     ResolveTablesInput,
@@ -29,6 +27,8 @@ from spinner_jobs.core.models import (
     TableProgress,
     TableRef,
     TableStatus,
+    TableTaskInput,
+    TableTaskResult,
 )
 
 
@@ -64,8 +64,8 @@ class JobOps(Protocol):
         """Resolve the job's tables."""
         ...
 
-    async def download_table(self, input: DownloadTableInput) -> DownloadTableResult:
-        """Make one attempt at a table.
+    async def run_table(self, input: TableTaskInput) -> TableTaskResult:
+        """Make one attempt at a table (the job type's table activity).
 
         Raises:
             TableFailedError: no retry can help.
@@ -100,23 +100,23 @@ class JobOps(Protocol):
 
 
 class JobRun:
-    """One run of a download-records job."""
+    """One run of a table job (any job type)."""
 
-    def __init__(self, input: DownloadRecordsWorkflowInput, ops: JobOps) -> None:
+    def __init__(self, input: JobWorkflowInput, ops: JobOps) -> None:
         self._input = input
         self._ops = ops
         self.organization_id = input.job.actor.organization_id
         self.progress = JobProgress(
             job_id=input.job_id,
+            job_type=input.job_type,
             workbook_id=input.job.workbook_id,
             tables={
                 tid: TableProgress(table_id=tid, name=tid, connector="") for tid in input.table_ids
             },
-            started_at=ops.now(),
         )
 
     async def run(self) -> JobResult:
-        """Download every table (bounded parallelism) and return the job's result.
+        """Run every table (bounded parallelism) and return the job's result.
 
         Raises:
             asyncio.CancelledError: the job was cancelled; locks are released first.
@@ -124,6 +124,8 @@ class JobRun:
         """
         job = self._input
         tasks: list[asyncio.Task[None]] = []
+        # Started now, not when built: a delayed job is built at enqueue in-process.
+        self.progress = self.progress.model_copy(update={"started_at": self._ops.now()})
         try:
             resolved = await self._ops.resolve_tables(
                 ResolveTablesInput(
@@ -139,7 +141,7 @@ class JobRun:
                     ReleaseLocksInput(job_id=job.job_id, table_ids=resolved.missing)
                 )
             gate = asyncio.Semaphore(job.table_parallelism)
-            tasks = [asyncio.create_task(self._download(ref, gate)) for ref in resolved.tables]
+            tasks = [asyncio.create_task(self._table(ref, gate)) for ref in resolved.tables]
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             for task in tasks:
@@ -149,7 +151,7 @@ class JobRun:
             raise
         return await self._finish()
 
-    async def _download(self, ref: TableRef, gate: asyncio.Semaphore) -> None:
+    async def _table(self, ref: TableRef, gate: asyncio.Semaphore) -> None:
         """Attempt the table until it completes or fails for good.
 
         Failures of the source or the data use up ``retry.maximum_attempts``, with
@@ -164,12 +166,13 @@ class JobRun:
                 attempt += 1
                 self._set(ref.table_id, status=TableStatus.ACTIVE, attempt=attempt)
                 try:
-                    result = await self._ops.download_table(
-                        DownloadTableInput(
+                    result = await self._ops.run_table(
+                        TableTaskInput(
                             job_id=self._input.job_id,
                             workbook_id=self._input.job.workbook_id,
                             table_id=ref.table_id,
                             attempt=attempt,
+                            options=self._input.options,
                         )
                     )
                 except TableFailedError as exc:
@@ -203,6 +206,8 @@ class JobRun:
             records=result.records,
             deleted=result.deleted,
             kept_dirty=result.kept_dirty,
+            total=result.total,
+            details=result.details,
         )
         self._notify(EventKind.TABLE_COMPLETED, ref.table_id, records=result.records)
 
@@ -210,7 +215,7 @@ class JobRun:
         released = await self._ops.release_locks(
             ReleaseLocksInput(job_id=self._input.job_id, table_ids=[table_id])
         )
-        if table_id in released.records:
+        if self._input.store_counts and table_id in released.records:
             self._set(table_id, records=released.records[table_id])
         self._table_failed(table_id, error)
 
@@ -238,7 +243,9 @@ class JobRun:
                 self._set(
                     table.table_id,
                     status=TableStatus.CANCELLED,
-                    records=released.records.get(table.table_id, table.records),
+                    records=released.records.get(table.table_id, table.records)
+                    if self._input.store_counts
+                    else table.records,
                 )
         self.progress = self.progress.model_copy(
             update={"status": JobStatus.CANCELLED, "finished_at": self._ops.now()}
@@ -293,6 +300,7 @@ class JobRun:
                 event_id=JobEvent.stable_id(job_id, kind, table_id),
                 kind=kind,
                 job_id=job_id,
+                job_type=self._input.job_type,
                 workbook_id=self._input.job.workbook_id,
                 table_id=table_id,
                 records=records,

@@ -1,7 +1,7 @@
 """Jobs disabled (``SPINNER_USE_JOBS=false``): run jobs in the calling process.
 
-The same orchestration (:class:`workflows.orchestration.JobRun`), the same activity
-core (:meth:`DownloadActivities.sync_table`), the same retry policy and progress
+The same orchestration (:class:`workflows.orchestration.JobRun`), the same table work
+(each job type's :meth:`TableWork.run_table`), the same retry policy and progress
 model as on Temporal; no server involved. Jobs live as asyncio tasks of the caller's
 event loop, so they end with the process: use Temporal for durability.
 """
@@ -16,22 +16,28 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from activities.download import PERMANENT_ERRORS, DownloadActivities, TableAttemptError
 from activities.notify import WebhookSender
-from enqueuer.backends.base import HolderState
-from enqueuer.settings import RetentionSettings
+from activities.tables import (
+    PERMANENT_ERRORS,
+    TableActivities,
+    TableAttemptError,
+    TableWork,
+    WorkParts,
+)
+from enqueuer.backends.base import HolderState, JobIdTakenError, StartRequest
+from enqueuer.jobtypes import JOB_TYPES, queue_config
+from enqueuer.settings import Settings
 from enqueuer.stats import DEFAULT_SAMPLE, job_stats
 from spinner_jobs.core.errors import JobAlreadyClosedError, JobNotFoundError, StoreUnavailableError
 from spinner_jobs.core.models import (
     Backend,
-    DownloadRecordsWorkflowInput,
-    DownloadTableInput,
-    DownloadTableResult,
     JobEvent,
     JobProgress,
+    JobRef,
     JobResult,
     JobStats,
     JobStatus,
+    JobWorkflowInput,
     ReleaseLocksInput,
     ReleaseLocksResult,
     ResolveTablesInput,
@@ -39,6 +45,8 @@ from spinner_jobs.core.models import (
     RetryOptions,
     TableCheckpoint,
     TableStatus,
+    TableTaskInput,
+    TableTaskResult,
 )
 from workflows.orchestration import JobRun, TableAttemptFailedError, TableFailedError
 
@@ -109,6 +117,7 @@ class _Deliveries:
 @dataclass
 class _Job:
     run: JobRun
+    ref: JobRef
     live: dict[str, tuple[TableCheckpoint, int]] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     result: JobResult | None = None
@@ -121,33 +130,67 @@ class InProcessBackend:
 
     def __init__(
         self,
-        activities: DownloadActivities,
-        retention: RetentionSettings,
+        parts: WorkParts,
+        settings: Settings,
         webhook: WebhookSender | None = None,
     ) -> None:
-        self._activities = activities
-        self._retention = retention
+        self._tables = TableActivities(parts.store, store_outage_timeout=parts.store_outage_timeout)
+        self._works: dict[str, TableWork] = {jt.name: jt.work(parts) for jt in JOB_TYPES}
+        self._keep = {
+            jt.name: (
+                queue_config(settings, jt).keep_completed,
+                queue_config(settings, jt).keep_failed,
+            )
+            for jt in JOB_TYPES
+        }
         self._deliveries = _Deliveries(webhook) if webhook is not None else None
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         # Tallies for stats(): retention drops job records, the counts must not drop.
-        self._closed: Counter[tuple[str, JobStatus]] = Counter()
-        self._durations: deque[tuple[str, timedelta]] = deque(maxlen=DEFAULT_SAMPLE * 8)
+        self._closed: Counter[tuple[str, str, JobStatus]] = Counter()
+        self._durations: deque[tuple[str, str, timedelta]] = deque(maxlen=DEFAULT_SAMPLE * 8)
 
-    async def start(self, input: DownloadRecordsWorkflowInput, summary: str) -> str | None:
-        """Start the job as a task; returns no run id.
+    async def start(self, request: StartRequest) -> str | None:
+        """Start the job as a task (after its delay); returns no run id.
 
         Every job starts at once (there is no queue to wait in), so the job's
         ``priority`` and its organization's fairness weight play no part here.
+
+        Raises:
+            JobIdTakenError: this process has a job with the same id.
+
         """
+        input = request.input
+        if input.job_id in self._jobs:
+            raise JobIdTakenError(input.job_id)
         live: dict[str, tuple[TableCheckpoint, int]] = {}
-        ops = _LocalOps(input, self._activities, live, self._deliveries)
-        job = _Job(run=JobRun(input, ops), live=live)
-        job.task = asyncio.create_task(self._run(job), name=f"job:{input.job_id}")
+        work = self._works[request.job_type.name]
+        ops = _LocalOps(input, self._tables, work, live, self._deliveries)
+        ref = JobRef(
+            job_id=input.job_id,
+            job_type=input.job_type,
+            workbook_id=input.job.workbook_id,
+            table_ids=input.table_ids,
+            backend=self.kind,
+        )
+        job = _Job(run=JobRun(input, ops), ref=ref, live=live)
+        delay = request.delay.total_seconds() if request.delay else 0.0
+        job.task = asyncio.create_task(self._run(job, delay), name=f"job:{input.job_id}")
         self._jobs[input.job_id] = job
         log.info(
-            "job_started", job_id=input.job_id, workbook_id=input.job.workbook_id, summary=summary
+            "job_started",
+            job_id=input.job_id,
+            job_type=input.job_type,
+            workbook_id=input.job.workbook_id,
+            summary=request.summary,
         )
         return None
+
+    async def find(self, job_id: str, organization_id: str) -> JobRef | None:
+        """The ref of this process's job with the id, if it is the organization's."""
+        job = self._jobs.get(job_id)
+        if job is None or job.run.organization_id != organization_id:
+            return None
+        return job.ref
 
     async def _keep_locks(self, job_id: str) -> None:
         """While the job runs, keep its locks young.
@@ -158,14 +201,16 @@ class InProcessBackend:
         while True:
             await asyncio.sleep(LOCK_TOUCH_INTERVAL)
             try:
-                await self._activities.touch_locks(job_id)
+                await self._tables.touch_locks(job_id)
             except Exception as exc:  # the store is out: the next touch may succeed
                 log.warning("lock_touch_failed", job_id=job_id, error=str(exc))
 
-    async def _run(self, job: _Job) -> None:
+    async def _run(self, job: _Job, delay: float) -> None:
         job_id = job.run.progress.job_id
         keeper = asyncio.create_task(self._keep_locks(job_id), name=f"locks:{job_id}")
         try:
+            if delay > 0:
+                await asyncio.sleep(delay)
             job.result = await job.run.run()
         except asyncio.CancelledError:
             job.result = JobResult(
@@ -178,27 +223,25 @@ class InProcessBackend:
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-        org = job.run.organization_id
-        self._closed[org, job.result.status] += 1
+        org, kind = job.run.organization_id, job.ref.job_type
+        self._closed[org, kind, job.result.status] += 1
         if job.result.duration is not None:
-            self._durations.append((org, job.result.duration))
-        self._apply_retention()
+            self._durations.append((org, kind, job.result.duration))
+        self._apply_retention(kind)
 
-    def _apply_retention(self) -> None:
-        """Keep the most recent N completed and M failed jobs, like the Temporal sweep.
+    def _apply_retention(self, job_type: str) -> None:
+        """Keep the most recent N completed and M failed jobs of the type, like the sweep.
 
         As there, "failed" means closed without success (failed or cancelled), and
         recency is by finish time.
         """
         buckets: dict[bool, list[tuple[datetime, str]]] = {True: [], False: []}
         for job_id, job in self._jobs.items():
-            if job.result is not None:
+            if job.result is not None and job.ref.job_type == job_type:
                 finished = job.result.progress.finished_at or datetime.min.replace(tzinfo=UTC)
                 buckets[job.result.status == JobStatus.COMPLETED].append((finished, job_id))
-        for completed, limit in (
-            (True, self._retention.keep_completed),
-            (False, self._retention.keep_failed),
-        ):
+        keep_completed, keep_failed = self._keep[job_type]
+        for completed, limit in ((True, keep_completed), (False, keep_failed)):
             closed = sorted(buckets[completed])
             for _, job_id in closed[: max(0, len(closed) - limit)]:
                 del self._jobs[job_id]
@@ -249,32 +292,39 @@ class InProcessBackend:
             return "unknown"
         return "running" if job.task and not job.task.done() else "closed"
 
-    async def count_running(self) -> int:
-        """Jobs whose task is still going."""
-        return sum(1 for j in self._jobs.values() if j.task and not j.task.done())
+    async def count_running(self, job_type: str, task_queue: str) -> int:
+        """Jobs of the type whose task is still going (there are no queues here)."""
+        return sum(
+            1
+            for j in self._jobs.values()
+            if j.ref.job_type == job_type and j.task and not j.task.done()
+        )
 
-    async def stats(self, organization_id: str | None = None) -> JobStats:
+    async def stats(
+        self, job_types: list[str], task_queue: str | None, organization_id: str | None = None
+    ) -> JobStats:
         """Figures of the jobs this process ran; queue depth = jobs running here.
 
         ``organization_id`` limits the figures to that organization's jobs.
         """
 
-        def mine(org: str) -> bool:
-            return organization_id is None or org == organization_id
+        def mine(org: str, kind: str) -> bool:
+            return kind in job_types and (organization_id is None or org == organization_id)
 
         running = sum(
             1
             for j in self._jobs.values()
-            if j.task and not j.task.done() and mine(j.run.organization_id)
+            if j.task and not j.task.done() and mine(j.run.organization_id, j.ref.job_type)
         )
         closed: Counter[JobStatus] = Counter()
-        for (org, status), n in self._closed.items():
-            if mine(org):
+        for (org, kind, status), n in self._closed.items():
+            if mine(org, kind):
                 closed[status] += n
-        durations = [d for org, d in self._durations if mine(org)][-DEFAULT_SAMPLE:]
+        durations = [d for org, kind, d in self._durations if mine(org, kind)][-DEFAULT_SAMPLE:]
         return job_stats(
             self.kind,
             task_queue=None,
+            job_types=job_types,
             counts={
                 "running": running,
                 "completed": closed[JobStatus.COMPLETED],
@@ -300,25 +350,27 @@ class _LocalOps:
 
     def __init__(
         self,
-        input: DownloadRecordsWorkflowInput,
-        activities: DownloadActivities,
+        input: JobWorkflowInput,
+        tables: TableActivities,
+        work: TableWork,
         live: dict[str, tuple[TableCheckpoint, int]],
         deliveries: _Deliveries | None,
     ) -> None:
         self._input = input
-        self._activities = activities
+        self._tables = tables
+        self._work = work
         self._live = live  # last committed checkpoint and attempt per table
         self._deliveries = deliveries
 
     async def resolve_tables(self, input: ResolveTablesInput) -> ResolveTablesResult:
-        return await self._activities.resolve_tables(input)
+        return await self._tables.resolve_tables(input)
 
-    async def download_table(self, input: DownloadTableInput) -> DownloadTableResult:
+    async def run_table(self, input: TableTaskInput) -> TableTaskResult:
         def report(checkpoint: TableCheckpoint) -> None:
             self._live[input.table_id] = (checkpoint, input.attempt)
 
         try:
-            return await self._activities.sync_table(input, report=report)
+            return await self._work.run_table(input, report=report)
         except TableAttemptError as exc:
             if isinstance(exc.cause, PERMANENT_ERRORS):
                 raise TableFailedError(str(exc), exc.records) from exc
@@ -342,7 +394,7 @@ class _LocalOps:
             ) from exc
 
     async def release_locks(self, input: ReleaseLocksInput) -> ReleaseLocksResult:
-        return await self._activities.release_locks(input)
+        return await self._tables.release_locks(input)
 
     async def sleep(self, delay: timedelta) -> None:
         await asyncio.sleep(delay.total_seconds())

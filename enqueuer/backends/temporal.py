@@ -1,4 +1,4 @@
-"""Jobs on Temporal: each job is one DownloadRecordsWorkflow execution (job id = workflow id)."""
+"""Jobs on Temporal: each job is one workflow execution of its job type (job id = workflow id)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,21 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
 )
-from temporalio.common import Priority, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    Priority,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.converter import PayloadCodec
-from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError, WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from enqueuer import exits
-from enqueuer.backends.base import HolderState
+from enqueuer.backends.base import HolderState, JobIdTakenError, StartRequest
 from enqueuer.codec import data_converter
+from enqueuer.jobtypes import JOB_TYPES
 from enqueuer.settings import TemporalSettings
 from enqueuer.stats import temporal_stats
 from spinner_jobs.core import wire
@@ -38,13 +44,13 @@ from spinner_jobs.core.errors import (
     WorkerUnavailableError,
 )
 from spinner_jobs.core.models import (
-    JOB_TYPE_DOWNLOAD_RECORDS,
     Backend,
-    DownloadRecordsWorkflowInput,
     JobProgress,
+    JobRef,
     JobResult,
     JobStats,
     JobStatus,
+    JobWorkflowInput,
     TableCheckpoint,
     TableStatus,
 )
@@ -80,7 +86,7 @@ async def connect_client(
     )
 
 
-def job_priority(input: DownloadRecordsWorkflowInput) -> Priority:
+def job_priority(input: JobWorkflowInput) -> Priority:
     """The job's task-queue priority; its activities and child workflows inherit it.
 
     The organization is the fairness key: with a backlog, the server hands out tasks
@@ -117,7 +123,8 @@ class TemporalBackend:
         self._owns_client = client is None
         self._runtime = runtime
         self._connecting = asyncio.Lock()
-        self._running_count: tuple[float, int] | None = None
+        self._running_counts: dict[tuple[str, str], tuple[float, int]] = {}
+        self._last_counted: tuple[str, str] | None = None
 
     async def client(self) -> Client:
         """The connected client.
@@ -156,37 +163,70 @@ class TemporalBackend:
                 raise EnqueueConnectionError(self._settings.address, str(exc)) from exc
             raise
 
-    async def start(self, input: DownloadRecordsWorkflowInput, summary: str) -> str | None:
-        """Start the workflow; the job id is the workflow id."""
+    async def start(self, request: StartRequest) -> str | None:
+        """Start the job's workflow; the job id is the workflow id.
+
+        Raises:
+            JobIdTakenError: a workflow with the job's id exists (running or closed).
+
+        """
         client = await self.client()
+        input = request.input
         job = input.job
         attributes = TypedSearchAttributes(
             [
                 SearchAttributePair(wire.SA_WORKBOOK_ID, job.workbook_id),
                 SearchAttributePair(wire.SA_USER_ID, job.actor.user_id),
                 SearchAttributePair(wire.SA_ORGANIZATION_ID, job.actor.organization_id),
-                SearchAttributePair(wire.SA_JOB_TYPE, JOB_TYPE_DOWNLOAD_RECORDS),
+                SearchAttributePair(wire.SA_JOB_TYPE, request.job_type.name),
             ]
         )
-        handle = await self._bounded(
-            client.start_workflow(
-                wire.WORKFLOW_DOWNLOAD_RECORDS,
-                input,
-                id=input.job_id,
-                task_queue=self._settings.task_queue,
-                result_type=JobResult,
-                search_attributes=attributes,
-                memo={"metadata": job.metadata} if job.metadata else None,
-                static_summary=summary,
-                # With a worker of this task queue on this client (a monolith), the
-                # server hands the first workflow task straight back: one round trip less.
-                request_eager_start=True,
-                priority=job_priority(input),
-                rpc_timeout=self._timeout,
+        memo: dict[str, object] = {wire.MEMO_TABLES: input.table_ids}
+        if job.metadata:
+            memo[wire.MEMO_METADATA] = job.metadata
+        try:
+            handle = await self._bounded(
+                client.start_workflow(
+                    request.job_type.name,
+                    input,
+                    id=input.job_id,
+                    task_queue=request.task_queue,
+                    result_type=JobResult,
+                    search_attributes=attributes,
+                    memo=memo,
+                    static_summary=request.summary,
+                    # A job id names one job, ever (until retention removes it).
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    start_delay=request.delay,
+                    # With a worker of this task queue on this client (a monolith), the
+                    # server hands the first workflow task straight back: one round trip
+                    # less. A delayed start cannot be eager.
+                    request_eager_start=request.delay is None,
+                    priority=job_priority(input),
+                    rpc_timeout=self._timeout,
+                )
             )
-        )
+        except WorkflowAlreadyStartedError as exc:
+            raise JobIdTakenError(input.job_id) from exc
         self._bump_running()
         return handle.result_run_id
+
+    async def find(self, job_id: str, organization_id: str) -> JobRef | None:
+        """The ref of the organization's job with this id, or None."""
+        try:
+            _, description = await self._describe_job(job_id, organization_id)
+        except JobNotFoundError:
+            return None
+        attributes = description.typed_search_attributes
+        tables: list[str] = await description.memo_value(wire.MEMO_TABLES, [], type_hint=list[str])
+        return JobRef(
+            job_id=job_id,
+            job_type=description.workflow_type,
+            run_id=description.run_id,
+            workbook_id=attributes.get(wire.SA_WORKBOOK_ID) or "",
+            table_ids=tables,
+            backend=self.kind,
+        )
 
     async def _describe_job(
         self, job_id: str, organization_id: str
@@ -206,7 +246,7 @@ class TemporalBackend:
             raise JobNotFoundError(job_id) from exc
         attributes = description.typed_search_attributes
         if (
-            description.workflow_type != wire.WORKFLOW_DOWNLOAD_RECORDS
+            description.workflow_type not in JOB_TYPES
             or attributes.get(wire.SA_ORGANIZATION_ID) != organization_id
         ):
             raise JobNotFoundError(job_id)
@@ -341,18 +381,18 @@ class TemporalBackend:
             return "running"
         return "closed"
 
-    async def count_running(self) -> int:
-        """Running download-records jobs of this task queue, from visibility (cached 1 s)."""
+    async def count_running(self, job_type: str, task_queue: str) -> int:
+        """Running jobs of the type on its queue, from visibility (cached 1 s)."""
         now = time.monotonic()
-        if self._running_count and now - self._running_count[0] < 1.0:
-            return self._running_count[1]
+        cached = self._running_counts.get((job_type, task_queue))
+        if cached and now - cached[0] < 1.0:
+            return cached[1]
         client = await self.client()
         try:
             count = (
                 await self._bounded(
                     client.count_workflows(
-                        f'WorkflowType="{wire.WORKFLOW_DOWNLOAD_RECORDS}" '
-                        f'AND TaskQueue="{self._settings.task_queue}" '
+                        f'WorkflowType="{job_type}" AND TaskQueue="{task_queue}" '
                         'AND ExecutionStatus="Running"'
                     )
                 )
@@ -362,21 +402,27 @@ class TemporalBackend:
             if exc.status != RPCStatusCode.UNIMPLEMENTED:
                 raise
             count = 0
-        self._running_count = (now, count)
+        self._running_counts[job_type, task_queue] = (now, count)
+        self._last_counted = (job_type, task_queue)
         return count
 
     def _bump_running(self) -> None:
         # Visibility lags; count our own starts until the cache refreshes.
-        if self._running_count:
-            self._running_count = (self._running_count[0], self._running_count[1] + 1)
+        key = self._last_counted
+        if key is not None and key in self._running_counts:
+            at, count = self._running_counts[key]
+            self._running_counts[key] = (at, count + 1)
 
-    async def stats(self, organization_id: str | None = None) -> JobStats:
-        """Figures of the jobs on this backend's task queue, from the server."""
+    async def stats(
+        self, job_types: list[str], task_queue: str | None, organization_id: str | None = None
+    ) -> JobStats:
+        """Figures of the jobs of ``job_types`` (on ``task_queue``), from the server."""
         client = await self.client()
         return await self._bounded(
             temporal_stats(
                 client,
-                self._settings.task_queue,
+                task_queue,
+                job_types=job_types,
                 organization_id=organization_id,
                 rpc_timeout=self._timeout,
             )

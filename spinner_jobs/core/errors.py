@@ -24,6 +24,14 @@ class InvalidJobError(SpinnerError, ValueError):
         super().__init__(f"invalid job parameter {field!r}: {message}")
 
 
+class UnknownJobTypeError(InvalidJobError):
+    """No job type of that name is registered."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        super().__init__("job_type", f"unknown job type {name!r}; known: {', '.join(known)}")
+
+
 class WorkbookNotFoundError(SpinnerError, LookupError):
     """The workbook does not exist or belongs to another organization.
 

@@ -11,7 +11,15 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SecretStr,
+    StrictInt,
+    StringConstraints,
+)
 
 NonEmptyStr = Annotated[
     str,
@@ -48,13 +56,96 @@ class Actor(_Model):
     organization_id: NonEmptyStr
 
 
-class DownloadRecordsJobInput(_Model):
-    """What a download-records job downloads, as a service asks for it."""
+class TableJobInput(_Model):
+    """What every job type works on: some or all tables of one workbook.
+
+    A job type's input model subclasses it; its own fields travel to the job's
+    table activities as ``options``.
+    """
+
+    workbook_id: NonEmptyStr
+    table_ids: list[NonEmptyStr] | None = Field(
+        None, description="Tables the job works on; None for every table of the workbook."
+    )
+
+
+class DownloadRecordsInput(TableJobInput):
+    """Input of a download-records job: the tables whose records to download."""
+
+
+class RetryOverride(_Model):
+    """A job's own table retry policy, over its job type's (unset fields keep it)."""
+
+    maximum_attempts: int | None = Field(None, ge=1, le=100)
+    initial_interval: timedelta | None = None
+    backoff_coefficient: float | None = Field(None, ge=1.0, le=10.0)
+    maximum_interval: timedelta | None = None
+
+
+class JobOptions(_Model):
+    """How to run one job, over its job type's defaults."""
+
+    job_id: NonEmptyStr | None = Field(
+        None,
+        max_length=128,
+        description="Caller's idempotency key: enqueueing the same key again (same "
+        "organization and job type) returns the existing job instead of a second one.",
+    )
+    priority: StrictInt | None = Field(
+        None,
+        ge=HIGHEST_PRIORITY,
+        le=LOWEST_PRIORITY,
+        description="1 (runs first) to 5 (runs last); None for the job type's default.",
+    )
+    retry: RetryOverride | None = None
+    metadata: dict[str, JsonValue] | None = Field(
+        None, description="Caller's JSON object carried with the job (size-capped)."
+    )
+    delay: timedelta | None = Field(
+        None, description="Start the job this long after the enqueue (at most 30 days)."
+    )
+
+
+class QueueSettings(_Model):
+    """A job type's queue settings; every unset field falls back to the engine's.
+
+    A job type declares its defaults in one; ``SPINNER_JOB_TYPES`` overrides them per
+    job type (see ``enqueuer.settings``).
+    """
+
+    task_queue: str | None = Field(
+        None, min_length=1, description="Task queue of its jobs; None: the engine's queue."
+    )
+    priority: int | None = Field(
+        None, ge=HIGHEST_PRIORITY, le=LOWEST_PRIORITY, description="Default job priority."
+    )
+    table_parallelism: int | None = Field(None, ge=1, le=64, description="Tables run at once.")
+    table_timeout: timedelta | None = Field(None, description="Longest attempt at one table.")
+    heartbeat_timeout: timedelta | None = Field(
+        None, description="A silent table attempt is resumed elsewhere after this long."
+    )
+    max_pending: int | None = Field(None, ge=1, description="Cap on its running jobs.")
+    keep_completed: int | None = Field(None, ge=0, description="Completed jobs kept.")
+    keep_failed: int | None = Field(None, ge=0, description="Failed jobs kept.")
+    retry: RetryOverride | None = Field(None, description="Table retry policy.")
+
+
+class LockPolicy(StrEnum):
+    """What a job of a job type owns while it runs."""
+
+    TABLES = "tables"
+    """Its tables, exclusively: no other job of any type works on them meanwhile."""
+    NONE = "none"
+    """Nothing: jobs of the type may overlap with any other job."""
+
+
+class JobSpec(_Model):
+    """The job as enqueued: workbook, tables, who asked, and the caller's metadata."""
 
     workbook_id: NonEmptyStr
     actor: Actor
     table_ids: list[NonEmptyStr] | None = Field(
-        None, description="Tables to download; None for every table of the workbook."
+        None, description="Tables of the job; None for every table of the workbook."
     )
     metadata: dict[str, JsonValue] | None = Field(
         None, description="Caller's JSON object carried with the job (size-capped)."
@@ -72,6 +163,7 @@ class JobRef(_Model):
     """Handle returned at once by enqueue."""
 
     job_id: str
+    job_type: str = JOB_TYPE_DOWNLOAD_RECORDS
     run_id: str | None = None
     workbook_id: str
     table_ids: list[str]
@@ -106,15 +198,23 @@ class TableProgress(_Model):
     records: int = 0
     status: TableStatus = TableStatus.PENDING
     attempt: int = 0
+    total: int | None = Field(
+        None, description="Items the table has to do, when known (publish: its changes)."
+    )
     deleted: int = 0
     kept_dirty: int = Field(0, description="Records gone at the source but kept: edited locally.")
     error: str | None = None
+    details: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="What the job type reports of a finished table (an export: its file).",
+    )
 
 
 class JobProgress(_Model):
-    """Progress of a job: total records and per-table state, keyed by table id."""
+    """Progress of a job: items done (records) and per-table state, keyed by table id."""
 
     job_id: str
+    job_type: str = JOB_TYPE_DOWNLOAD_RECORDS
     workbook_id: str
     status: JobStatus = JobStatus.RUNNING
     total_records: int = 0
@@ -170,6 +270,7 @@ class JobEvent(_Model):
     event_id: str
     kind: EventKind
     job_id: str
+    job_type: str = JOB_TYPE_DOWNLOAD_RECORDS
     workbook_id: str
     table_id: str | None = None
     records: int | None = None
@@ -258,11 +359,21 @@ class RetryOptions(_Model):
         return min(timedelta(seconds=seconds), self.maximum_interval)
 
 
-class DownloadRecordsWorkflowInput(_Model):
-    """Input of DownloadRecordsWorkflow: the job plus the engine options it runs with."""
+class JobWorkflowInput(_Model):
+    """Input of a job's workflow: the job plus the engine options it runs with."""
 
     job_id: str
-    job: DownloadRecordsJobInput
+    job_type: str = JOB_TYPE_DOWNLOAD_RECORDS
+    job: JobSpec
+    options: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="The job type's own input fields, handed to each table attempt.",
+    )
+    store_counts: bool = Field(
+        True,
+        description="A stopped table's figure is the store's count of records the job "
+        "wrote to it (downloads); False keeps the count its attempts reported.",
+    )
     table_ids: list[str]
     retry: RetryOptions
     table_parallelism: int
@@ -308,13 +419,16 @@ class ResolveTablesResult(_Model):
     missing: list[str] = Field(default_factory=list)
 
 
-class DownloadTableInput(_Model):
+class TableTaskInput(_Model):
     """One attempt at one table of one job."""
 
     job_id: str
     workbook_id: str
     table_id: str
     attempt: int = Field(1, description="1-based, counting every attempt at the table.")
+    options: dict[str, JsonValue] = Field(
+        default_factory=dict, description="The job type's own input fields."
+    )
 
 
 class TableCheckpoint(_Model):
@@ -333,15 +447,17 @@ class TableCheckpoint(_Model):
         return self.pages > 0 and self.cursor is None
 
 
-class DownloadTableResult(_Model):
-    """What one table download did."""
+class TableTaskResult(_Model):
+    """What one table attempt did: ``records`` is the items done (records, changes, rows)."""
 
     table_id: str
     records: int
-    pages: int
-    deleted: int
-    kept_dirty: int
+    pages: int = 0
+    deleted: int = 0
+    kept_dirty: int = 0
     resumed_from: str | None = None
+    total: int | None = None
+    details: dict[str, JsonValue] = Field(default_factory=dict)
 
 
 class ReleaseLocksInput(_Model):
@@ -432,7 +548,7 @@ class RetentionSweepResult(_Model):
 
 
 class JobStats(_Model):
-    """Counts, rates, processing times and queue depth of download-records jobs.
+    """Counts, rates, processing times and queue depth of jobs (of some job types).
 
     On Temporal the counts are the executions visibility still holds (the retention
     sweep and the namespace retention remove old closed ones); in-process they are
@@ -444,6 +560,7 @@ class JobStats(_Model):
     task_queue: str | None = Field(
         None, description="Task queue the figures cover; None for the whole namespace."
     )
+    job_types: list[str] = Field(default_factory=list, description="Job types the figures cover.")
     enqueued: int = Field(0, description="Jobs on record: running plus closed.")
     running: int = 0
     completed: int = 0

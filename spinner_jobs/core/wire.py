@@ -41,6 +41,11 @@ WORKER_HEARTBEAT_INTERVAL = timedelta(seconds=5)
 SCHEDULE_RETENTION_PREFIX = "spinner-jobs-retention"
 """Retention schedule id prefix; the id is ``<prefix>:<task queue>``, one per queue."""
 
+MEMO_TABLES = "tables"
+"""Memo key of a job's table ids (a repeated enqueue's ref is built from it)."""
+MEMO_METADATA = "metadata"
+"""Memo key of the caller's metadata."""
+
 QUERY_PROGRESS = "progress"
 SIGNAL_TABLE_LIVE = "table-live"
 """Signal of a table activity to its job: the live record count (Web UI details)."""

@@ -551,38 +551,99 @@ def codec_server() -> None:
 
 @app.command()
 def enqueue(
-    workbook_id: Annotated[str, typer.Argument(help="Workbook whose tables to download.")],
+    job_type: Annotated[str, typer.Argument(help="Job type (see `spinner-jobs job-types`).")],
+    workbook_id: Annotated[str, typer.Argument(help="Workbook whose tables the job works on.")],
     user: Annotated[str, typer.Option(help="Id of the user asking.")],
     org: Annotated[str, typer.Option(help="Organization of the user.")],
     table: Annotated[list[str] | None, typer.Option(help="Table id (repeat); default all.")] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The job type's own input field as NAME=VALUE (repeat); "
+            "VALUE is read as JSON when it parses, else as text."
+        ),
+    ] = None,
     metadata: Annotated[str | None, typer.Option(help="JSON object carried with the job.")] = None,
+    priority: Annotated[int | None, typer.Option(help="1 (runs first) to 5 (runs last).")] = None,
+    job_id: Annotated[
+        str | None, typer.Option(help="Idempotency key: the same key again returns that job.")
+    ] = None,
+    delay: Annotated[float | None, typer.Option(help="Start after this many seconds.")] = None,
     watch: Annotated[bool, typer.Option(help="Follow the job with progress bars.")] = False,
 ) -> None:
-    """Enqueue a download-records job and print its id."""
+    """Enqueue a job of any job type and print its id."""
     settings = _settings()
-    meta = json.loads(metadata) if metadata else None
-    _run(
-        _enqueue(
-            settings, workbook_id, Actor(user_id=user, organization_id=org), table, meta, watch
-        )
-    )
+    fields: dict[str, Any] = {"workbook_id": workbook_id, "table_ids": table or None}
+    for item in option or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--option")
+        try:
+            fields[name] = json.loads(value)
+        except ValueError:
+            fields[name] = value
+    options: dict[str, Any] = {
+        "metadata": json.loads(metadata) if metadata else None,
+        "priority": priority,
+        "job_id": job_id,
+        "delay": timedelta(seconds=delay) if delay is not None else None,
+    }
+    actor = Actor(user_id=user, organization_id=org)
+    _run(_enqueue(settings, job_type, fields, actor, options, watch))
 
 
 async def _enqueue(
     settings: Settings,
-    workbook_id: str,
+    job_type: str,
+    fields: dict[str, Any],
     actor: Actor,
-    tables: list[str] | None,
-    metadata: Any,
+    options: dict[str, Any],
     watch: bool,
 ) -> None:
     async with Enqueuer.from_settings(settings) as enqueuer:
-        ref = await enqueuer.enqueue_download_records_job(workbook_id, actor, tables, metadata)
+        given = {name: value for name, value in options.items() if value is not None}
+        ref = await enqueuer.enqueue(job_type, fields, actor=actor, options=given)
         console.print(ref.job_id)
         # In-process jobs live in this process: stay until they finish.
         if watch or not settings.use_jobs:
             final = await watch_job(enqueuer, ref.job_id, console, actor=actor)
             console.print(summary_table(final))
+
+
+@app.command("job-types")
+def job_types() -> None:
+    """List the job types with their effective queue settings."""
+    from enqueuer.jobtypes import JOB_TYPES, queue_config
+
+    settings = _settings()
+    table = RichTable(title="job types")
+    for column in (
+        "job type",
+        "input",
+        "task queue",
+        "priority",
+        "tables at once",
+        "retries",
+        "keep completed/failed",
+        "locks",
+        "what it does",
+    ):
+        table.add_column(column)
+    for kind in JOB_TYPES:
+        queue = queue_config(settings, kind)
+        own = [n for n in kind.input_model.model_fields if n not in ("workbook_id", "table_ids")]
+        table.add_row(
+            kind.name,
+            ", ".join(["workbook_id", "table_ids", *own]),
+            queue.task_queue,
+            str(queue.priority),
+            str(queue.table_parallelism),
+            str(queue.retry.maximum_attempts),
+            f"{queue.keep_completed}/{queue.keep_failed}",
+            kind.locks.value,
+            kind.description,
+        )
+    console.print(table)
 
 
 _JobOrg = Annotated[str, typer.Option("--org", help="Organization the job belongs to.")]
@@ -641,10 +702,15 @@ def cancel(
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     org: Annotated[str | None, typer.Option("--org", help="Only this organization's jobs.")] = None,
+    job_type: Annotated[
+        str | None, typer.Option("--job-type", help="Only this job type's jobs; default all.")
+    ] = None,
 ) -> None:
     """Print job counts, success/failure rates, processing time p50/p95 and queue depth.
 
-    Covers the jobs of SPINNER_TEMPORAL_TASK_QUEUE. In-process jobs
+    Covers the jobs of every job type (or of one); the queue depth and workers are
+    those of the job type's task queue (SPINNER_TEMPORAL_TASK_QUEUE unless the job
+    types' settings move them). In-process jobs
     (SPINNER_USE_JOBS=false) live in the process that enqueued them, so a separate
     stats command sees none of them.
     """
@@ -652,7 +718,7 @@ def stats(
 
     async def show() -> None:
         async with Enqueuer.from_settings(settings) as enqueuer:
-            figures = await enqueuer.stats(org)
+            figures = await enqueuer.stats(org, job_type)
         if as_json:
             console.print_json(figures.model_dump_json())
         else:
@@ -671,7 +737,8 @@ def _stats_table(s: JobStats) -> RichTable:
     def count(value: int | None) -> str:
         return "-" if value is None else f"{value:,}"
 
-    table = RichTable(title=f"download-records jobs ({s.task_queue or s.backend.value})")
+    kinds = ", ".join(s.job_types) or "no"
+    table = RichTable(title=f"{kinds} jobs ({s.task_queue or s.backend.value})")
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [
