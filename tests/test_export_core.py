@@ -11,6 +11,7 @@ import asyncio
 import csv
 import hashlib
 import json
+import threading
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -20,8 +21,10 @@ import pytest
 from pydantic import ValidationError
 
 from activities.export_core import (
+    CSV_ATTEMPTS,
     StoreRunner,
     _AtomicFile,
+    _in_thread,
     _target,
     _write_csv_page,
     _write_jsonl_page,
@@ -328,7 +331,9 @@ async def test_csv_id_column_steps_aside_for_a_field_named_id(
     assert _csv_rows(Path(result.path)) == [["__id", "_id", "id", "name"], ["r1", "x", "7", "n"]]
 
 
-def _adding_fields(store: Store, table_id: str, *, every_pass: bool) -> StoreRunner:
+def _adding_fields(
+    store: Store, table_id: str, *, every_pass: bool, passes: list[int] | None = None
+) -> StoreRunner:
     """A runner that adds a field to a record when a pass over the table starts.
 
     The first pass (column scan) runs untouched; the write pass (or every later pass)
@@ -340,6 +345,8 @@ def _adding_fields(store: Store, table_id: str, *, every_pass: bool) -> StoreRun
         nonlocal starts
         if getattr(call, "__name__", "") == "read_records" and args[1] is None:
             starts += 1
+            if passes is not None:
+                passes.append(starts)
             if starts == 2 or (every_pass and starts > 2):
                 await asyncio.to_thread(
                     store.edit_record, table_id, "r05", {"late": starts, f"late{starts}": "x"}
@@ -378,6 +385,7 @@ async def test_csv_export_of_a_table_that_keeps_changing_fails_cleanly(
     any_store: Store, out: Path
 ) -> None:
     _fill(any_store, "t1", MIXED)
+    passes: list[int] = []
 
     with pytest.raises(ExportTableChangedError, match="export it again"):
         await _export(
@@ -385,8 +393,9 @@ async def test_csv_export_of_a_table_that_keeps_changing_fails_cleanly(
             "t1",
             out,
             ExportFormat.CSV,
-            run=_adding_fields(any_store, "t1", every_pass=True),
+            run=_adding_fields(any_store, "t1", every_pass=True, passes=passes),
         )
+    assert len(passes) == 1 + CSV_ATTEMPTS  # the column scan, then the bounded write passes
     assert _leftovers(out) == []
 
 
@@ -546,6 +555,28 @@ async def test_cancel_while_a_page_is_written_leaves_no_file(
         await task
     assert _leftovers(out) == [earlier.name]
     assert earlier.read_bytes() == b"complete file of an earlier run\n"
+
+
+async def test_cancel_waits_for_the_thread_writing_the_file() -> None:
+    # Cleanup after a cancellation closes and removes the temporary file: it must not
+    # run while a thread is still writing to that file.
+    started, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+
+    def write() -> None:
+        started.set()
+        release.wait(10)
+        finished.append(True)
+
+    task = asyncio.create_task(_in_thread(write))
+    assert await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    await asyncio.sleep(0.1)
+    assert not task.done()  # the cancellation waits for the thread
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished == [True]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
