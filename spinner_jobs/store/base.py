@@ -221,3 +221,25 @@ class Store(Protocol):
     def edit_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
         """Edit a record locally: its fields change and it is flagged dirty."""
         ...
+
+    # --- export reads -----------------------------------------------------------------
+
+    def read_records(self, table_id: str, after: str | None, limit: int) -> list[RecordRow]:
+        """One keyset page of the table's records, ordered by remote id (byte order).
+
+        One transaction. Pages never overlap or skip a record that stays in the table:
+        pass the last remote id of a page as ``after`` to read the next one.
+
+        Args:
+            table_id: the table.
+            after: only records whose remote id sorts strictly after this one; None
+                starts at the first record.
+            limit: at most this many records (at least 1).
+
+        Returns:
+            ``(remote_id, fields)`` pairs; fewer than ``limit`` (or none) at the end.
+
+        Raises:
+            InvalidJobError: ``limit`` is below 1.
+        """
+        ...

@@ -702,6 +702,32 @@ class PostgresStore:
                 (table_id, remote_id, encoded),
             )
 
+    # --- export reads ----------------------------------------------------------------
+
+    @_translated
+    def read_records(self, table_id: str, after: str | None, limit: int) -> list[RecordRow]:
+        """One keyset page of the table's records by remote id, strictly after ``after``.
+
+        One transaction. ``remote_id`` is a ``COLLATE "C"`` column, so comparison and
+        order are byte order, as in SQLite, whatever the database's collation.
+        """
+        if limit < 1:
+            raise InvalidJobError("limit", f"must be at least 1, got {limit}")
+        with self._tx() as conn:
+            if after is None:
+                rows = conn.execute(
+                    "SELECT remote_id, fields FROM records WHERE table_id = %s "
+                    'ORDER BY remote_id COLLATE "C" LIMIT %s',
+                    (table_id, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT remote_id, fields FROM records WHERE table_id = %s "
+                    'AND remote_id COLLATE "C" > %s ORDER BY remote_id COLLATE "C" LIMIT %s',
+                    (table_id, after, limit),
+                ).fetchall()
+        return [(remote_id, fields) for remote_id, fields in rows]
+
 
 def _check_lease(cur: psycopg.Cursor[TupleRow], lease: Lease) -> None:
     """Raise LockLostError unless the lease's job still holds the lock it was given."""

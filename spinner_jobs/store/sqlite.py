@@ -624,6 +624,35 @@ class SqliteStore:
                 (table_id, remote_id, _dumps(dict(fields))),
             )
 
+    # --- export reads ----------------------------------------------------------------
+
+    @_translated
+    def read_records(self, table_id: str, after: str | None, limit: int) -> list[RecordRow]:
+        """One keyset page of the table's records by remote id, strictly after ``after``.
+
+        One statement, so one transaction; ``remote_id`` compares as bytes (BINARY).
+        """
+        if limit < 1:
+            # Imported here: the method is kept at the end of the class, self-contained.
+            from spinner_jobs.core.errors import InvalidJobError
+
+            raise InvalidJobError("limit", f"must be at least 1, got {limit}")
+        conn = self._conn()
+        if after is None:
+            rows = conn.execute(
+                "SELECT remote_id, fields FROM records WHERE table_id = ? "
+                "ORDER BY remote_id LIMIT ?",
+                (table_id, limit),
+            )
+        else:
+            rows = conn.execute(
+                "SELECT remote_id, fields FROM records WHERE table_id = ? AND remote_id > ? "
+                "ORDER BY remote_id LIMIT ?",
+                (table_id, after, limit),
+            )
+        loads = orjson.loads
+        return [(remote_id, loads(fields)) for remote_id, fields in rows]
+
 
 def _age(now: datetime, locked_at: str | None) -> float:
     """Seconds since ``locked_at`` (an ISO time; a lock with no time counts as old)."""
