@@ -33,6 +33,8 @@ from spinner_jobs.core.models import (
     JOB_TYPE_DOWNLOAD_RECORDS,
     Actor,
     JobSpec,
+    JobWorkflowInput,
+    RetryOptions,
     Table,
     Workbook,
 )
@@ -132,8 +134,14 @@ async def main() -> None:
                 store,
                 TemporalBackend(settings.temporal, settings.enqueue_timeout, client),
             )
-            template = enqueuer._workflow_input(
-                "x", JobSpec(workbook_id="wb", actor=ACTOR), ["t"]
+            template = JobWorkflowInput(
+                job_id="x",
+                job=JobSpec(workbook_id="wb", actor=ACTOR),
+                table_ids=["t"],
+                retry=RetryOptions(**settings.retry.model_dump()),
+                table_parallelism=settings.jobs.table_parallelism,
+                heartbeat_timeout=settings.jobs.heartbeat_timeout,
+                table_timeout=settings.jobs.table_timeout,
             )
 
             async def ours(i: int) -> None:

@@ -49,6 +49,7 @@ from spinner_jobs.core.models import (
     TableStatus,
 )
 from workflows.download_records import DOWNLOAD_RECORDS
+from workflows.export_records import EXPORT_RECORDS
 from workflows.jobtype import JobType
 
 if TYPE_CHECKING:
@@ -297,6 +298,25 @@ class Enqueuer:
         return await self.enqueue(
             DOWNLOAD_RECORDS,
             _table_job_fields(workbook_id, table_ids),
+            actor=actor,
+            options=_options(priority=priority, metadata=metadata),
+        )
+
+    async def enqueue_export_records_job(
+        self,
+        workbook_id: str,
+        actor: Actor | Mapping[str, Any],
+        table_ids: Sequence[str] | None = None,
+        format: str = "csv",
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> JobRef:
+        """Enqueue an export of the tables to files (``csv`` or ``jsonl``): see :meth:`enqueue`."""
+        fields = {**_table_job_fields(workbook_id, table_ids), "format": format}
+        return await self.enqueue(
+            EXPORT_RECORDS,
+            fields,
             actor=actor,
             options=_options(priority=priority, metadata=metadata),
         )

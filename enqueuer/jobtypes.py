@@ -14,6 +14,7 @@ from enqueuer.settings import Settings
 from spinner_jobs.core.errors import UnknownJobTypeError
 from spinner_jobs.core.models import DEFAULT_PRIORITY, QueueSettings, RetryOptions, RetryOverride
 from workflows.download_records import DOWNLOAD_RECORDS
+from workflows.export_records import EXPORT_RECORDS
 from workflows.jobtype import JobType
 
 
@@ -52,7 +53,7 @@ class JobTypeRegistry:
         return list(self._types)
 
 
-JOB_TYPES = JobTypeRegistry([DOWNLOAD_RECORDS])
+JOB_TYPES = JobTypeRegistry([DOWNLOAD_RECORDS, EXPORT_RECORDS])
 """Every job type the engine runs. Adding one is one more entry here."""
 
 

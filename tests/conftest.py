@@ -12,11 +12,11 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.tables import WorkParts
 from enqueuer import Enqueuer
 from enqueuer.backends.inprocess import InProcessBackend
 from enqueuer.logs import configure_logging
 from enqueuer.settings import Settings
+from enqueuer.wiring import work_parts
 from spinner_jobs.connectors.registry import ConnectorRegistry, default_connectors
 from spinner_jobs.core import wire
 from spinner_jobs.core.models import Backend, Table, Workbook
@@ -174,7 +174,7 @@ async def enqueuer(
         async with temporal_enqueuer(dev_env.client, settings, sqlite_store, connectors) as enq:
             yield enq
     else:
-        backend = InProcessBackend(WorkParts(sqlite_store, connectors), settings)
+        backend = InProcessBackend(work_parts(settings, sqlite_store, connectors), settings)
         enq = Enqueuer(settings.model_copy(update={"use_jobs": False}), sqlite_store, backend)
         yield enq
         await enq.aclose()

@@ -113,7 +113,7 @@ async def test_a_table_being_downloaded_is_not_downloaded_twice(
     with pytest.raises(JobConflictError) as caught:
         await enqueuer.enqueue_download_records_job(wb.id, ACTOR, table_ids=[f"{wb.id}_slow"])
     assert caught.value.running_job_id == first.job_id
-    assert "already being downloaded" in str(caught.value)
+    assert "held by running job" in str(caught.value)
     await enqueuer.cancel(first.job_id, actor=ACTOR)
     result = await enqueuer.wait(first.job_id, actor=ACTOR)
     assert result.status == JobStatus.CANCELLED

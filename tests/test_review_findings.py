@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from activities.tables import WorkParts
 from enqueuer import Enqueuer
 from enqueuer.backends.inprocess import InProcessBackend
 from enqueuer.settings import Settings
+from enqueuer.wiring import work_parts
 from spinner_jobs.connectors.base import ReadContext
 from spinner_jobs.connectors.demo import demo_record
 from spinner_jobs.connectors.files import FilesConnector
@@ -56,7 +56,7 @@ def _write_records(store: SqliteStore, table_id: str, job_id: str, n: int) -> No
 
 
 def _in_process(settings: Settings, store: SqliteStore, connectors: ConnectorRegistry) -> Enqueuer:
-    backend = InProcessBackend(WorkParts(store, connectors), settings)
+    backend = InProcessBackend(work_parts(settings, store, connectors), settings)
     return Enqueuer(settings.model_copy(update={"use_jobs": False}), store, backend)
 
 
@@ -236,7 +236,17 @@ async def test_review_files_encoding_that_is_not_a_text_codec_is_refused(tmp_pat
 @pytest.mark.parametrize(
     "args",
     [
-        ["enqueue", "download-records", "wb", "--user", "u", "--org", "o", "--metadata", "{not json"],
+        [
+            "enqueue",
+            "download-records",
+            "wb",
+            "--user",
+            "u",
+            "--org",
+            "o",
+            "--metadata",
+            "{not json",
+        ],
         ["status", "some-job", "--org", ""],
         ["create-workbook", "", "--org", "org_a"],
     ],

@@ -64,14 +64,14 @@ class JobNotFoundError(SpinnerError, LookupError):
 
 
 class JobConflictError(SpinnerError):
-    """A requested table is already being downloaded by another running job."""
+    """A requested table is held by another running job (of any job type)."""
 
     def __init__(self, running_job_id: str, table_ids: list[str]) -> None:
         self.running_job_id = running_job_id
         self.table_ids = table_ids
         super().__init__(
-            f"tables {', '.join(table_ids)} are already being downloaded by job "
-            f"{running_job_id!r}; watch or cancel that job instead"
+            f"tables {', '.join(table_ids)} are held by running job {running_job_id!r} "
+            "(one job per table at a time); watch or cancel that job instead"
         )
 
 

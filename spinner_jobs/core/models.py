@@ -85,11 +85,12 @@ class RetryOverride(_Model):
 class JobOptions(_Model):
     """How to run one job, over its job type's defaults."""
 
-    job_id: NonEmptyStr | None = Field(
+    job_id: str | None = Field(
         None,
-        max_length=128,
-        description="Caller's idempotency key: enqueueing the same key again (same "
-        "organization and job type) returns the existing job instead of a second one.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        description="Caller's idempotency key (letters, digits, '.', '_', ':', '-'; at "
+        "most 128): enqueueing the same key again (same organization and job type) "
+        "returns the existing job instead of a second one.",
     )
     priority: StrictInt | None = Field(
         None,
