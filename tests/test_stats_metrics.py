@@ -215,7 +215,16 @@ async def test_worker_metrics_endpoint_serves_sdk_and_job_metrics(
 
     await eventually(scraped, within=10, interval=0.2)
     assert total(samples, "spinner_records_downloaded", connector="demo") == downloaded
-    assert total(samples, "spinner_tables_completed", connector="demo", task_queue=queue) == 3
+    assert (
+        total(
+            samples,
+            "spinner_tables_completed",
+            connector="demo",
+            task_queue=queue,
+            job_type="download-records",
+        )
+        == 3
+    )
     assert total(samples, "spinner_tables_failed", connector="demo", task_queue=queue) == 1
     for status in ("completed", "failed"):
         assert total(samples, "spinner_job_duration_seconds_count", status=status) == 1

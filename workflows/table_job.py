@@ -182,6 +182,7 @@ class _WorkflowOps:
             extra={
                 "kind": event.kind.value,
                 "job_id": event.job_id,
+                "job_type": event.job_type,
                 "workbook_id": event.workbook_id,
                 "table_id": event.table_id,
                 "records": event.records,
@@ -231,13 +232,13 @@ class _WorkflowOps:
                 if event.kind == EventKind.TABLE_COMPLETED
                 else self._tables_failed
             )
-            counter.add(1, {"connector": connector})
+            counter.add(1, {"connector": connector, "job_type": event.job_type})
         elif event.kind in _JOB_END and progress and progress.started_at:
             # progress_changed saw finished_at before the job's end event was sent.
             finished = progress.finished_at or event.at
             self._job_duration.record(
                 max(0.0, (finished - progress.started_at).total_seconds()),
-                {"status": _JOB_END[event.kind].value},
+                {"status": _JOB_END[event.kind].value, "job_type": event.job_type},
             )
 
 

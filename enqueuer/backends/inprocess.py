@@ -403,6 +403,7 @@ class _LocalOps:
         log.info(
             "job_event",
             kind=event.kind.value,
+            job_type=event.job_type,
             job_id=event.job_id,
             workbook_id=event.workbook_id,
             table_id=event.table_id,
