@@ -1,6 +1,8 @@
-"""spinner-jobs public API: enqueue download-records jobs and follow them."""
+"""spinner-jobs public API: enqueue jobs of the registered job types and follow them."""
 
+from activities.export import ExportRecordsInput
 from enqueuer.client import Enqueuer
+from enqueuer.jobtypes import JOB_TYPES
 from enqueuer.settings import Settings
 from spinner_jobs.core.errors import (
     EnqueueConnectionError,
@@ -11,12 +13,15 @@ from spinner_jobs.core.errors import (
     ServerSetupError,
     SpinnerError,
     TableNotFoundError,
+    UnknownJobTypeError,
     WorkbookNotFoundError,
 )
 from spinner_jobs.core.models import (
     Actor,
+    DownloadRecordsInput,
     EventKind,
     JobEvent,
+    JobOptions,
     JobProgress,
     JobRef,
     JobResult,
@@ -27,14 +32,18 @@ from spinner_jobs.core.models import (
 )
 
 __all__ = [
+    "JOB_TYPES",
     "Actor",
+    "DownloadRecordsInput",
     "EnqueueConnectionError",
     "Enqueuer",
     "EventKind",
+    "ExportRecordsInput",
     "InvalidJobError",
     "JobConflictError",
     "JobEvent",
     "JobNotFoundError",
+    "JobOptions",
     "JobProgress",
     "JobRef",
     "JobResult",
@@ -47,5 +56,6 @@ __all__ = [
     "TableNotFoundError",
     "TableProgress",
     "TableStatus",
+    "UnknownJobTypeError",
     "WorkbookNotFoundError",
 ]
