@@ -87,9 +87,22 @@ async def main() -> None:
         await eventually(started)
         await enqueuer.cancel(cancelled.job_id, actor=Actor(user_id="u_1", organization_id="org_1"))
         await enqueuer.wait(cancelled.job_id, actor=Actor(user_id="u_1", organization_id="org_1"))
-        for name, ref in (("failed-and-retried", failed), ("cancelled", cancelled)):
+        exported = await enqueuer.enqueue_export_records_job(
+            "wb_replay", actor, ["ok", "flaky"], "jsonl"
+        )
+        await enqueuer.wait(exported.job_id, actor=actor)
+        recorded = {
+            "download-records-failed-and-retried": failed,
+            "download-records-cancelled": cancelled,
+            "export-records-completed": exported,
+        }
+        for name, ref in recorded.items():
+            path = OUT / f"{name}.json"
+            if path.exists() and "--force" not in sys.argv:
+                print(f"kept {path.name}")
+                continue
             history = await env.client.get_workflow_handle(ref.job_id).fetch_history()
-            (OUT / f"download-records-{name}.json").write_text(history.to_json())
+            path.write_text(history.to_json())
             print(f"recorded {name}: {ref.job_id}")
     await connectors.aclose()
     await env.shutdown()
