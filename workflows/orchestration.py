@@ -234,6 +234,10 @@ class JobRun:
         if table and table.status == TableStatus.ACTIVE and table.attempt == attempt:
             self._set(table_id, records=records)
 
+    async def cancel_unstarted(self) -> None:
+        """Close a job cancelled before it ran (a delayed job): release, mark, notify."""
+        await self._cancelled()
+
     async def _cancelled(self) -> None:
         released = await self._ops.release_locks(
             ReleaseLocksInput(job_id=self._input.job_id, table_ids=self._input.table_ids)

@@ -210,7 +210,11 @@ class InProcessBackend:
         keeper = asyncio.create_task(self._keep_locks(job_id), name=f"locks:{job_id}")
         try:
             if delay > 0:
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    await job.run.cancel_unstarted()  # gives the reserved tables back
+                    raise
             job.result = await job.run.run()
         except asyncio.CancelledError:
             job.result = JobResult(
