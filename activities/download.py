@@ -29,13 +29,10 @@ from activities.tables import (
 from spinner_jobs.connectors.base import ReadContext
 from spinner_jobs.core import wire
 from spinner_jobs.core.errors import (
-    PermanentSourceError,
     SpinnerError,
-    TableGoneError,
     error_type_name,
 )
 from spinner_jobs.core.models import (
-    ConnectorAccount,
     RecordRow,
     Table,
     TableCheckpoint,
@@ -116,7 +113,7 @@ class DownloadActivities(TableWork):
         )
         checkpoint = start = TableCheckpoint()
         try:
-            table, account = await self._store_call(self._load_table, input, job_id=input.job_id)
+            table, account = await self._store_call(self.load_table, input, job_id=input.job_id)
             connector = self._connectors.get(table.connector)
             lease = await self._store_call(
                 self._store.lease, table.id, input.job_id, job_id=input.job_id
@@ -190,37 +187,6 @@ class DownloadActivities(TableWork):
 
     def _finish(self, lease: Lease) -> SyncSummary:
         return self._store.finish_sync(lease, datetime.now(UTC))
-
-    def _load_table(self, input: TableTaskInput) -> tuple[Table, ConnectorAccount | None]:
-        """The table (config validated) and its account, which must be the workbook's org's."""
-        workbook = self._store.get_workbook(input.workbook_id)
-        for table in workbook.tables if workbook else []:
-            if table.id != input.table_id:
-                continue
-            assert workbook is not None
-            connector = self._connectors.get(table.connector)
-            connector.validate_config(table.config)
-            account = self._store.get_account(table.account_id) if table.account_id else None
-            if table.account_id and (
-                account is None or account.organization_id != workbook.organization_id
-            ):
-                # Another organization's account looks exactly like a missing one.
-                raise InvalidAccountError(table.id, table.account_id)
-            return table, account
-        raise TableGoneError(
-            f"table {input.table_id!r} is no longer in workbook {input.workbook_id!r}"
-        )
-
-
-class InvalidAccountError(PermanentSourceError):
-    """A table names a connector account that its organization does not have."""
-
-    def __init__(self, table_id: str, account_id: str) -> None:
-        super().__init__(
-            f"table {table_id!r} names connector account {account_id!r}, which its "
-            "organization does not have; create the account for this organization "
-            "(`spinner-jobs account create`) or fix the table's account_id"
-        )
 
 
 def config_fingerprint(table: Table) -> str:

@@ -30,13 +30,16 @@ from spinner_jobs.core.errors import (
     PermanentSourceError,
     SpinnerError,
     StoreUnavailableError,
+    TableGoneError,
     error_type_name,
 )
 from spinner_jobs.core.models import (
+    ConnectorAccount,
     ReleaseLocksInput,
     ReleaseLocksResult,
     ResolveTablesInput,
     ResolveTablesResult,
+    Table,
     TableAttemptFailure,
     TableCheckpoint,
     TableLive,
@@ -259,6 +262,45 @@ class TableWork(StoreCalls, ABC):
                 task.cancel()
             await asyncio.gather(keepalive, shutdown, return_exceptions=True)
             await live.aclose()
+
+
+    def load_table(self, input: TableTaskInput) -> tuple[Table, ConnectorAccount | None]:
+        """The table (read config validated) and its account, of the workbook's organization.
+
+        Raises:
+            TableGoneError: the table is no longer in the workbook.
+            InvalidAccountError: the account is unknown or another organization's.
+            InvalidTableConfigError: the connector refuses the table's config.
+
+        """
+        workbook = self._store.get_workbook(input.workbook_id)
+        for table in workbook.tables if workbook else []:
+            if table.id != input.table_id:
+                continue
+            assert workbook is not None
+            connector = self._connectors.get(table.connector)
+            connector.validate_config(table.config)
+            account = self._store.get_account(table.account_id) if table.account_id else None
+            if table.account_id and (
+                account is None or account.organization_id != workbook.organization_id
+            ):
+                # Another organization's account looks exactly like a missing one.
+                raise InvalidAccountError(table.id, table.account_id)
+            return table, account
+        raise TableGoneError(
+            f"table {input.table_id!r} is no longer in workbook {input.workbook_id!r}"
+        )
+
+
+class InvalidAccountError(PermanentSourceError):
+    """A table names a connector account that its organization does not have."""
+
+    def __init__(self, table_id: str, account_id: str) -> None:
+        super().__init__(
+            f"table {table_id!r} names connector account {account_id!r}, which its "
+            "organization does not have; create the account for this organization "
+            "(`spinner-jobs account create`) or fix the table's account_id"
+        )
 
 
 class _LiveSignal:

@@ -264,7 +264,15 @@ class InProcessBackend:
             table = progress.tables[table_id]
             if table.status == TableStatus.ACTIVE:
                 progress = progress.with_table(
-                    table.model_copy(update={"records": checkpoint.records, "attempt": attempt})
+                    table.model_copy(
+                        update={
+                            "records": checkpoint.records,
+                            "attempt": attempt,
+                            "total": checkpoint.total
+                            if checkpoint.total is not None
+                            else table.total,
+                        }
+                    )
                 )
         return progress
 

@@ -290,7 +290,10 @@ class TemporalBackend:
                     pending.heartbeat_details.payloads, [TableCheckpoint]
                 )
                 records = max(table.records, checkpoint.records)
-                progress = progress.with_table(table.model_copy(update={"records": records}))
+                total = checkpoint.total if checkpoint.total is not None else table.total
+                progress = progress.with_table(
+                    table.model_copy(update={"records": records, "total": total})
+                )
         return progress
 
     async def wait(self, job_id: str, organization_id: str) -> JobResult:

@@ -437,6 +437,7 @@ class TableCheckpoint(_Model):
 
     cursor: str | None = Field(None, description="Cursor of the next page; None after the last.")
     records: int = 0
+    total: int | None = Field(None, description="Items the table has to do, when known.")
     pages: int = 0
     config: str | None = Field(
         None, description="Fingerprint of the table config the pages were read with."
