@@ -218,6 +218,25 @@ def test_a_confirmed_create_takes_the_id_its_source_assigned(store: Store) -> No
     assert store.get_record(T, "r9") == {"id": "r9", "version": 2, "name": "nr9"}
 
 
+def test_a_create_confirmed_after_a_download_brought_it_is_not_doubled(store: Store) -> None:
+    # The source created it, the job was lost before confirming and gave up; a download
+    # brought the record under its real id; a later publish sends the create again
+    # (same key: the source answers the same id) and confirms it.
+    local = store.create_record(T, {"name": "new"})
+    lease = publish_lease(store)
+    change = only_change(store)
+    store.mark_change_sent(lease, change.change_id)
+    store.unlock_tables([T], "pub_1")
+    download(store, "dl_1", rec("a"), rec("b"), rec("c"), rec("r9"))
+    assert store.record_ids(T) == ["a", "b", "c", local, "r9"]
+
+    lease = publish_lease(store, "pub_2")
+    store.confirm_change(lease, change.change_id, "r9", {"id": "r9", "version": 1})
+
+    assert store.record_ids(T) == ["a", "b", "c", "r9"]
+    assert store.get_record(T, "r9") == {"id": "r9", "version": 1, "name": "new"}
+
+
 def test_a_confirmed_delete_removes_the_record_for_good(store: Store) -> None:
     store.delete_record(T, "c")
     lease = publish_lease(store)
