@@ -327,11 +327,11 @@ def test_dirty_record_keeps_local_fields_when_the_source_sends_it_again(store: S
     store.put_workbook(_workbook("t1"))
     _write(store, "t1", "job1", _records("a", "b"), TableCheckpoint(pages=1))
 
-    store.edit_record("t1", "a", {"id": "a", "name": "edited here"})
+    store.update_record("t1", "a", {"name": "edited here"})
     store.unlock_tables(["t1"], "job1")
     _write(store, "t1", "job2", _records("a", "b", version=2), TableCheckpoint(pages=1))
 
-    assert store.get_record("t1", "a") == {"id": "a", "name": "edited here"}
+    assert store.get_record("t1", "a") == {"id": "a", "version": 1, "name": "edited here"}
     assert store.get_record("t1", "b") == {"id": "b", "version": 2, "name": "nb"}
 
 
@@ -339,9 +339,9 @@ def test_finish_sync_prunes_stamps_unlocks_and_drops_checkpoint(store: Store) ->
     store.put_workbook(_workbook("t1", "t2"))
     _write(store, "t1", "job1", _records("a", "b", "c", "d"), TableCheckpoint(pages=1))
     _finish(store, "t1", "job1", SYNCED_AT - timedelta(days=1))
-    store.edit_record("t1", "c", {"name": "edited, then gone at the source"})
-    store.edit_record("t1", "a", {"name": "edited, still at the source"})
-    store.edit_record("t1", "local", {"name": "created here"})
+    store.update_record("t1", "c", {"name": "edited, then gone at the source"})
+    store.update_record("t1", "a", {"name": "edited, still at the source"})
+    local = store.create_record("t1", {"name": "created here"})
     assert store.lock_tables(["t1", "t2"], "job2") == {}
     _write(store, "t1", "job2", _records("a", "b"), TableCheckpoint(cursor=None, pages=1))
 
@@ -349,8 +349,12 @@ def test_finish_sync_prunes_stamps_unlocks_and_drops_checkpoint(store: Store) ->
 
     assert (summary.deleted, summary.kept_dirty) == (1, 2)  # d deleted; c and local kept
     assert summary.records == 2  # what job2 wrote
-    assert store.record_ids("t1") == ["a", "b", "c", "local"]
-    assert store.get_record("t1", "a") == {"name": "edited, still at the source"}
+    assert store.record_ids("t1") == ["a", "b", "c", local]
+    assert store.get_record("t1", "a") == {
+        "id": "a",
+        "version": 1,
+        "name": "edited, still at the source",
+    }
     got = store.get_workbook("wb1")
     assert got is not None
     assert got.tables[0].last_synced_at == SYNCED_AT

@@ -18,6 +18,9 @@ Table config (validated by :class:`HttpTableConfig`)::
     max_page_bytes       largest page body accepted, decompressed        (default 64 MiB,
                                                                           at most 256 MiB)
     max_request_retries  in-connector retries of one request             (default 5)
+    write                how local changes are published (default none:
+                         read-only); see "Publishing changes" below
+
 
 The cursor handed back with each page fully determines the request for the next
 page: the absolute next URL for the link paginators, the token for ``cursor``, the
@@ -55,6 +58,34 @@ a next URL or cursor token seen before in this read, or a page whose record ids 
 the same, in any order, as those of the page before (a source that ignores the
 offset or page parameter).
 
+Publishing changes (``write``, for the publish-changes job)::
+
+    create / update / delete   {"method": "POST"|"PUT"|"PATCH"|"DELETE",
+                                "path": "records/{id}"}: below base_url; {id} is the
+                                record's id, URL-quoted (update and delete need it)
+    body                       "fields": the fields object is the JSON body (default);
+                               {"wrap": "data"}: sent as {"data": fields}
+    response_selector          dotted path of the record in a write's answer
+                               (default: the body)
+    id_field                   field of the created record holding its id
+                               (default: primary_key)
+    version_field              record field compared with the downloaded one before an
+                               update or delete; needs read
+    read                       {"path": "records/{id}", "data_selector": ...}: the
+                               GET of one record for that check
+
+A create sends the record's fields, an update only the changed fields, a delete no
+body; every write carries an ``Idempotency-Key`` header that is the same each time the
+change is sent. With ``version_field``, an update or delete first reads the record: a
+version that differs from the download's is a conflict and nothing is written (unless
+the job publishes with ``overwrite``). Outcomes: 2xx confirmed; 409 and 412 conflict;
+404/410 done for a delete, a conflict for an update; another 4xx fails that change
+only; 401/403 raise ``SourceAuthError``; 408, 429, 5xx and network failures raise
+``SourceUnavailableError`` at once (no in-connector retries: the job retries, and the
+change goes again with the same key). Writes reach the same confined addresses as reads,
+carry credentials only to base_url's origin, and follow only 307/308 redirects on that
+origin (never a redirect that turns them into a GET or takes their body elsewhere).
+
 Error messages carry the status and its standard reason, at most a short excerpt of
 a body (control characters removed), and never the account's secret, a configured
 header value or a configured query parameter value.
@@ -74,6 +105,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -86,6 +118,7 @@ from spinner_jobs.connectors.http_config import (
     CursorPaginator,
     HeaderLinkPaginator,
     HttpTableConfig,
+    HttpWriteConfig,
     JsonLinkPaginator,
     OffsetPaginator,
     PageNumberPaginator,
@@ -99,12 +132,14 @@ from spinner_jobs.connectors.http_guard import (
     literal_address,
     system_resolver,
 )
+from spinner_jobs.core.changes import Change, ChangeOp, ChangeOutcome
 from spinner_jobs.core.errors import (
     InvalidTableConfigError,
     PaginationCycleError,
     PermanentSourceError,
     SourceAddressRefusedError,
     SourceAuthError,
+    SourceError,
     SourceNotFoundError,
     SourcePageTooLargeError,
     SourceRequestError,
@@ -212,6 +247,61 @@ class HttpConnector:
                 pending.cancel()
                 pending.add_done_callback(_consume_outcome)
 
+    def validate_write_config(self, config: Mapping[str, Any]) -> None:
+        """Raise ``InvalidTableConfigError`` unless ``config`` can publish changes.
+
+        It must be a valid http config with a ``write`` section.
+        """
+        self._write_config(parse_http_config(config), None)
+
+    async def apply_change(
+        self,
+        table: Table,
+        account: ConnectorAccount | None,
+        change: Change,
+        *,
+        idempotency_key: str,
+        overwrite: bool,
+    ) -> ChangeOutcome:
+        """Send one change to the table's source (see the module docstring).
+
+        Returns:
+            confirmed (with the record's id at the source and the fields it returned),
+            conflict (the record moved at the source, or 409/412), or failed (another
+            4xx: this change only).
+
+        Raises:
+            SourceUnavailableError: 408, 429, 5xx, a timeout or a network failure; the
+                change may have been applied: send it again with the same key.
+            SourceAuthError: 401 or 403.
+            SourceRequestError: the source's answer does not fit the write config.
+            SourceAddressRefusedError: the source is at an address connectors may not
+                reach.
+            InvalidTableConfigError: the config has no ``write`` section or is invalid.
+
+        """
+        cfg = parse_http_config(table.config, table.id)
+        writer = _TableWriter(
+            table_id=table.id,
+            cfg=cfg,
+            write=self._write_config(cfg, table.id),
+            client=self._get_client(),
+            limiter=self._limiter(cfg),
+            account=account,
+            job_id=change.job_id,
+        )
+        return await writer.apply(change, idempotency_key, overwrite)
+
+    def _write_config(self, cfg: HttpTableConfig, table_id: str | None) -> HttpWriteConfig:
+        self._check_literal_host(cfg, table_id)
+        if cfg.write is None:
+            where = f"table {table_id!r}: " if table_id else ""
+            raise InvalidTableConfigError(
+                f"{where}the http table config has no write section, so its changes cannot "
+                "be published; add write.create, write.update and/or write.delete"
+            )
+        return cfg.write
+
     def _check_literal_host(self, cfg: HttpTableConfig, table_id: str | None) -> None:
         address = literal_address(httpx.URL(cfg.base_url).host)
         if address is None:
@@ -306,8 +396,8 @@ class _Request:
     position: int = 0
 
 
-class _TableReader:
-    """State of one ``pages()`` call: config, headers, and the paging rules."""
+class _TableClient:
+    """What reads and writes of one table share: headers, origin, what a message hides."""
 
     def __init__(
         self,
@@ -317,14 +407,13 @@ class _TableReader:
         client: httpx.AsyncClient,
         limiter: _RateLimiter | None,
         account: ConnectorAccount | None,
-        job_id: str,
+        job_id: str | None,
     ) -> None:
         self.table_id = table_id
         self.log = log.bind(table_id=table_id, job_id=job_id)
         self.cfg = cfg
         self.client = client
         self.limiter = limiter
-        self.pager = cfg.paginator
         secret = _secret_of(account) if account and account.auth != "none" else ""
         auth: dict[str, str] = {}
         if account is not None and account.auth == "bearer":
@@ -349,6 +438,61 @@ class _TableReader:
         )
         self._longest_hidden = len(self.hidden[0]) if self.hidden else 0
         self.origin = _origin(httpx.URL(cfg.base_url))
+
+    def _redact(self, text: object) -> str:
+        message = str(text)
+        for value in self.hidden:
+            message = message.replace(value, "***")
+        return message
+
+    def _shown_path(self, url: str) -> str:
+        # The path only (query strings can carry tokens a user put into params), cut
+        # short: a next link's path is chosen by the source.
+        return _excerpt(self._redact(_path_of(url)), _EXCERPT)
+
+    def _body_excerpt(self, response: httpx.Response, content: bytes) -> str:
+        """A short, clean excerpt of an error body, hidden values removed first."""
+        text = self._redact(_text_of(response, content))
+        if len(content) >= _ERROR_BODY_BYTES and self._longest_hidden:
+            # Only the body's start was read: a hidden value cut there is not
+            # recognised by the redaction, and would sit at the very end.
+            text = text[: max(0, len(text) - self._longest_hidden + 1)]
+        return _excerpt(text, _EXCERPT)
+
+    async def _read_start(self, response: httpx.Response) -> bytes:
+        """The first ``_ERROR_BODY_BYTES`` of a body only an error's excerpt shows."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= _ERROR_BODY_BYTES:
+                break
+        return b"".join(chunks)[:_ERROR_BODY_BYTES]
+
+
+class _TableReader(_TableClient):
+    """State of one ``pages()`` call: config, headers, and the paging rules."""
+
+    def __init__(
+        self,
+        *,
+        table_id: str,
+        cfg: HttpTableConfig,
+        client: httpx.AsyncClient,
+        limiter: _RateLimiter | None,
+        account: ConnectorAccount | None,
+        job_id: str,
+    ) -> None:
+        super().__init__(
+            table_id=table_id,
+            cfg=cfg,
+            client=client,
+            limiter=limiter,
+            account=account,
+            job_id=job_id,
+        )
+        self.pager = cfg.paginator
         # Query parameters of every request built from the config: httpx replaces a
         # URL's own query with the params it is given, so base_url's and path's query
         # go in first, and `params` win over them.
@@ -661,17 +805,6 @@ class _TableReader:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _read_start(self, response: httpx.Response) -> bytes:
-        """The first ``_ERROR_BODY_BYTES`` of a body only an error's excerpt shows."""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= _ERROR_BODY_BYTES:
-                break
-        return b"".join(chunks)[:_ERROR_BODY_BYTES]
-
     # --- errors ---
 
     def _status_error(
@@ -688,12 +821,7 @@ class _TableReader:
         # The standard reason, not the source's own phrase (the source chooses that
         # text); and of the body a short excerpt only, hidden values removed first so
         # no partial secret survives at the cut.
-        text = self._redact(_text_of(response, content))
-        if len(content) >= _ERROR_BODY_BYTES and self._longest_hidden:
-            # Only the body's start was read: a hidden value cut there is not
-            # recognised by the redaction, and would sit at the very end.
-            text = text[: max(0, len(text) - self._longest_hidden + 1)]
-        excerpt = _excerpt(text, _EXCERPT)
+        excerpt = self._body_excerpt(response, content)
         detail = f" (body starts: {excerpt})" if excerpt else ""
         return error(
             f"table {self.table_id!r}: source answered {status} {_reason(status)} "
@@ -721,11 +849,6 @@ class _TableReader:
             f"table {self.table_id!r}: {self.pager.type} paginator: {problem} after "
             f"{self._pages} pages; check paginator.{setting}"
         )
-
-    def _shown_path(self, url: str) -> str:
-        # The path only (query strings can carry tokens a user put into params), cut
-        # short: a next link's path is chosen by the source.
-        return _excerpt(self._redact(_path_of(url)), _EXCERPT)
 
     def _bad_cursor(self, cursor: str, expected: str) -> InvalidTableConfigError:
         return InvalidTableConfigError(
@@ -759,11 +882,304 @@ class _TableReader:
             parts = self._paths[path] = _split_path(path)
         return parts
 
-    def _redact(self, text: object) -> str:
-        message = str(text)
-        for value in self.hidden:
-            message = message.replace(value, "***")
-        return message
+
+# --- writing changes (publish-changes) -------------------------------------------------------
+
+
+class _TableWriter(_TableClient):
+    """Sends one table's changes: the write config, the conflict check, the outcomes."""
+
+    def __init__(
+        self,
+        *,
+        table_id: str,
+        cfg: HttpTableConfig,
+        write: HttpWriteConfig,
+        client: httpx.AsyncClient,
+        limiter: _RateLimiter | None,
+        account: ConnectorAccount | None,
+        job_id: str | None,
+    ) -> None:
+        super().__init__(
+            table_id=table_id,
+            cfg=cfg,
+            client=client,
+            limiter=limiter,
+            account=account,
+            job_id=job_id,
+        )
+        self.write = write
+
+    async def apply(self, change: Change, key: str, overwrite: bool) -> ChangeOutcome:
+        """Send ``change`` once (with ``key``) and say what the source made of it."""
+        write = self.write
+        op = change.op
+        operation = {
+            ChangeOp.CREATE: write.create,
+            ChangeOp.UPDATE: write.update,
+            ChangeOp.DELETE: write.delete,
+        }[op]
+        if operation is None:
+            return ChangeOutcome.failed(
+                f"the table's write config has no {op.value!r} operation; add write.{op.value} "
+                "to publish it"
+            )
+        if op is not ChangeOp.CREATE and change.remote_id in ("", ".", ".."):
+            return ChangeOutcome.failed(
+                f"record id {change.remote_id!r} cannot be put in a URL path"
+            )
+        if op is not ChangeOp.CREATE and write.version_field and not overwrite:
+            moved = await self._version_check(change)
+            if moved is not None:
+                return moved
+        body = None if op is ChangeOp.DELETE else self._body(change.fields)
+        url = self._url(operation.path, change.remote_id)
+        response, content = await self._send(operation.method, url, body, key)
+        status = response.status_code
+        if 200 <= status < 300:
+            record = self._record_in(_json_or_none(content), write.response_selector)
+            return await self._confirmed(change, operation.method, url, record)
+        if status in (404, 410):
+            if op is ChangeOp.DELETE:
+                return ChangeOutcome.confirmed(change.remote_id)  # gone already: done
+            return ChangeOutcome.conflict(
+                f"{operation.method} {self._shown_path(url)}: the record is gone at the "
+                f"source ({status} {_reason(status)}); download the table again"
+            )
+        if status in (409, 412):
+            return ChangeOutcome.conflict(
+                f"{operation.method} {self._shown_path(url)}: the source refused it as a "
+                f"conflict ({status} {_reason(status)}){self._detail(response, content)}"
+            )
+        return self._refused(operation.method, url, response, content)
+
+    async def _version_check(self, change: Change) -> ChangeOutcome | None:
+        """A conflict (or, for a delete, done) when the record moved since the download."""
+        write = self.write
+        assert write.read is not None
+        assert write.version_field is not None
+        url = self._url(write.read.path, change.remote_id)
+        response, content = await self._send("GET", url, None, None)
+        status = response.status_code
+        if status in (404, 410):
+            if change.op is ChangeOp.DELETE:
+                return ChangeOutcome.confirmed(change.remote_id)
+            return ChangeOutcome.conflict(
+                f"the record is gone at the source (GET {self._shown_path(url)} answered "
+                f"{status} {_reason(status)}); download the table again"
+            )
+        if not 200 <= status < 300:
+            return self._refused("GET", url, response, content)
+        body = _json_or_none(content)
+        record = self._record_in(body, write.read.data_selector)
+        if record is None:
+            raise SourceRequestError(
+                f"table {self.table_id!r}: the answer to GET {self._shown_path(url)} holds no "
+                "record object; check write.read.path and write.read.data_selector"
+            )
+        field = _split_path(write.version_field)
+        remote = _dig(record, field)
+        downloaded = _dig(change.base or {}, field)
+        if remote == downloaded:
+            return None
+        return ChangeOutcome.conflict(
+            f"the record changed at the source since it was downloaded ({write.version_field} "
+            f"is {_excerpt(repr(_shown(remote)), 40)} there, was "
+            f"{_excerpt(repr(_shown(downloaded)), 40)}); download the table again, or "
+            "publish with overwrite"
+        )
+
+    async def _confirmed(
+        self, change: Change, method: str, url: str, record: dict[str, Any] | None
+    ) -> ChangeOutcome:
+        write = self.write
+        remote_id = change.remote_id
+        if change.op is ChangeOp.CREATE:
+            id_field = write.id_field or self.cfg.primary_key
+            new_id = _dig(record, _split_path(id_field)) if record is not None else _MISSING
+            if new_id is _MISSING or new_id is None or isinstance(new_id, bool | dict | list):
+                # The source created it: sending it again with the same key, once the
+                # config says where the id is, gets the same record back.
+                raise SourceRequestError(
+                    f"table {self.table_id!r}: the answer to {method} {self._shown_path(url)} "
+                    f"has no record id at {id_field!r}; set write.id_field (and "
+                    "write.response_selector) to where the created record's id is"
+                )
+            remote_id = str(new_id)
+        if change.op is ChangeOp.DELETE:
+            return ChangeOutcome.confirmed(remote_id)
+        version = write.version_field
+        unknown = version is not None and _dig(record or {}, _split_path(version)) is _MISSING
+        if unknown and write.read is not None:
+            # Learn the new version now: the next edit's conflict check compares with it.
+            record = await self._fresh_record(remote_id) or record
+        return ChangeOutcome.confirmed(remote_id, record)
+
+    async def _fresh_record(self, remote_id: str) -> dict[str, Any] | None:
+        assert self.write.read is not None
+        url = self._url(self.write.read.path, remote_id)
+        try:
+            response, content = await self._send("GET", url, None, None)
+        except SourceError as exc:
+            self.log.warning("source_record_refresh_failed", error=str(exc))
+            return None
+        if not 200 <= response.status_code < 300:
+            return None
+        return self._record_in(_json_or_none(content), self.write.read.data_selector)
+
+    def _refused(
+        self, method: str, url: str, response: httpx.Response, content: bytes
+    ) -> ChangeOutcome:
+        """A non-2xx answer that is not a conflict: raise what fails the attempt, else fail."""
+        status = response.status_code
+        shown = f"{method} {self._shown_path(url)}"
+        if status in (408, 429) or status >= 500:
+            raise SourceUnavailableError(
+                f"table {self.table_id!r}: source answered {status} {_reason(status)} for "
+                f"{shown}; the job's retry policy will send it again (same Idempotency-Key)"
+            )
+        if status in (401, 403):
+            raise SourceAuthError(
+                f"table {self.table_id!r}: source answered {status} {_reason(status)} for "
+                f"{shown}; check the connector account's credentials"
+            )
+        if 400 <= status < 500:
+            return ChangeOutcome.failed(
+                f"{shown}: source answered {status} {_reason(status)}"
+                f"{self._detail(response, content)}"
+            )
+        raise SourceRequestError(
+            f"table {self.table_id!r}: source answered {status} {_reason(status)} for {shown}; "
+            "check the table's write config"
+        )
+
+    def _detail(self, response: httpx.Response, content: bytes) -> str:
+        excerpt = self._body_excerpt(response, content)
+        return f" (body starts: {excerpt})" if excerpt else ""
+
+    def _body(self, fields: dict[str, Any]) -> bytes:
+        wrap = self.write.body
+        return orjson.dumps(fields if wrap == "fields" else {wrap.wrap: fields})
+
+    def _url(self, path: str, remote_id: str) -> str:
+        """``path`` (``{id}`` filled in, URL-quoted) below ``base_url``, queries merged."""
+        filled = path.strip().replace("{id}", quote(remote_id, safe=""))
+        base = urlsplit(self.cfg.base_url)
+        rel_path, _, rel_query = filled.partition("?")
+        joined = f"{base.path.rstrip('/')}/{rel_path.lstrip('/')}"
+        query = "&".join(q for q in (base.query, rel_query) if q)
+        return urlunsplit((base.scheme, base.netloc, joined, query, ""))
+
+    def _record_in(self, body: Any, selector: str | None) -> dict[str, Any] | None:
+        found = _dig(body, _split_path(selector)) if selector else body
+        return found if isinstance(found, dict) else None
+
+    async def _send(
+        self, method: str, url: str, body: bytes | None, key: str | None
+    ) -> tuple[httpx.Response, bytes]:
+        """One request within the table's timeout; network failures raise (retryable)."""
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        shown = f"{method} {self._shown_path(url)}"
+        try:
+            async with asyncio.timeout(self.cfg.timeout):
+                return await self._send_following_redirects(method, url, body, key)
+        except SourceAddressRefusedError as exc:
+            self.log.warning("source_address_refused", error=str(exc))
+            raise SourceAddressRefusedError(
+                f"table {self.table_id!r}: {shown} refused: {exc}"
+            ) from None
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
+            raise SourceRequestError(
+                f"table {self.table_id!r}: cannot send {shown}: {self._redact(exc)}; check "
+                "base_url and the write config"
+            ) from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            detail = f"{type(exc).__name__}: {self._redact(exc) or 'no detail'}"
+        except TimeoutError:
+            detail = f"no complete answer within the table's timeout ({self.cfg.timeout:g}s)"
+        raise SourceUnavailableError(
+            f"table {self.table_id!r}: {shown} failed ({detail}); the job's retry policy will "
+            "send it again (same Idempotency-Key)"
+        )
+
+    async def _send_following_redirects(
+        self, method: str, url: str, body: bytes | None, key: str | None
+    ) -> tuple[httpx.Response, bytes]:
+        """Send, following redirects: a GET as reads do; a write only 307/308 on its origin.
+
+        A write is never turned into a GET (301, 302, 303) nor sent with its body to
+        another origin.
+        """
+        client = self.client
+        for _ in range(_MAX_REDIRECTS + 1):
+            target = httpx.URL(url)
+            same_origin = _origin(target) == self.origin
+            headers = dict(self.origin_headers) if same_origin else {}
+            if key is not None:
+                headers["Idempotency-Key"] = key
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            request = client.build_request(
+                method, target, content=body, headers=headers, timeout=self.cfg.timeout
+            )
+            response = await client.send(request, stream=True)
+            try:
+                status = response.status_code
+                location = response.headers.get("location")
+                if status not in _REDIRECTS or not location:
+                    if 200 <= status < 300:
+                        return response, await self._read_whole(method, url, response)
+                    return response, await self._read_start(response)
+            finally:
+                await response.aclose()
+            following = response.url.join(location)
+            url = str(following)
+            if not url.startswith(_SCHEMES):
+                raise SourceRequestError(
+                    f"table {self.table_id!r}: {method} {self._shown_path(str(target))} "
+                    "redirects to a URL that is not http(s); check base_url"
+                )
+            elsewhere = _origin(following) != self.origin
+            if method != "GET" and (status not in (307, 308) or elsewhere):
+                where = "another origin" if elsewhere else f"a GET ({status})"
+                raise SourceRequestError(
+                    f"table {self.table_id!r}: {method} {self._shown_path(str(target))} "
+                    f"redirects to {where}; writes follow only 307/308 on base_url's "
+                    "origin: point the write paths at the final URL"
+                )
+        raise SourceRequestError(
+            f"table {self.table_id!r}: more than {_MAX_REDIRECTS} redirects for {method} "
+            f"{self._shown_path(url)}; check base_url"
+        )
+
+    async def _read_whole(self, method: str, url: str, response: httpx.Response) -> bytes:
+        cap = self.cfg.max_page_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise SourcePageTooLargeError(
+                    f"table {self.table_id!r}: the answer to {method} {self._shown_path(url)} "
+                    f"is larger than max_page_bytes ({cap:,} bytes); raise max_page_bytes"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _json_or_none(content: bytes) -> Any:
+    """The parsed body of a write's answer; None when it is empty or not JSON."""
+    if not content.strip():
+        return None
+    try:
+        return orjson.loads(content)
+    except ValueError:
+        return None
+
+
+def _shown(value: Any) -> Any:
+    return None if value is _MISSING else value
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -160,6 +160,85 @@ Paginator = Annotated[
 ]
 
 
+# --- the write side (publish-changes) ----------------------------------------------------
+
+_PLACEHOLDER = "{id}"
+
+
+def _write_path(value: str, *, needs_id: bool) -> str:
+    """A write path: below base_url, ``{id}`` its only placeholder, no credential in it."""
+    stripped = value.strip()
+    if "://" in stripped or stripped.startswith("//") or "\\" in stripped:
+        raise ValueError("must be a path below base_url, not a URL (writes stay on its origin)")
+    if "{" in stripped.replace(_PLACEHOLDER, "") or "}" in stripped.replace(_PLACEHOLDER, ""):
+        raise ValueError("{id} is the only placeholder a path may hold")
+    if needs_id and _PLACEHOLDER not in stripped.partition("?")[0]:
+        raise ValueError("must hold {id} in its path, where the record's id goes")
+    _no_credential_in_query(stripped)
+    return stripped
+
+
+class WriteOperation(_Config):
+    """One kind of write request: its method and its path below ``base_url``."""
+
+    method: Literal["POST", "PUT", "PATCH", "DELETE"]
+    path: str = Field(description="Below base_url; ``{id}`` is replaced by the record's id.")
+
+
+class RecordRead(_Config):
+    """How one record is fetched (GET) for the conflict check."""
+
+    path: str = Field(description="Below base_url, with ``{id}``.")
+    data_selector: str | None = Field(None, description="Dotted path of the record in the body.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _write_path(value, needs_id=True)
+
+
+class BodyWrap(_Config):
+    """Send the fields wrapped in one key: ``{"wrap": "data"}`` sends ``{"data": fields}``."""
+
+    wrap: str = Field(min_length=1)
+
+
+class HttpWriteConfig(_Config):
+    """Where and how a table's local changes are sent (see :mod:`connectors.http`)."""
+
+    create: WriteOperation | None = None
+    update: WriteOperation | None = None
+    delete: WriteOperation | None = None
+    body: Literal["fields"] | BodyWrap = Field(
+        "fields", description='"fields": the fields object is the body; or {"wrap": key}.'
+    )
+    response_selector: str | None = Field(
+        None, description="Dotted path of the record in a write's answer (default: the body)."
+    )
+    id_field: str | None = Field(
+        None, description="Field of the created record holding its id (default: primary_key)."
+    )
+    version_field: str | None = Field(
+        None, description="Record field compared with the download's before an update or delete."
+    )
+    read: RecordRead | None = Field(None, description="Needed with version_field.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HttpWriteConfig:
+        if self.create is None and self.update is None and self.delete is None:
+            raise ValueError("names no operation; set create, update and/or delete")
+        if self.version_field and self.read is None:
+            raise ValueError("version_field needs read (the path that fetches one record)")
+        for name, op in (("create", self.create), ("update", self.update), ("delete", self.delete)):
+            if op is None:
+                continue
+            try:
+                _write_path(op.path, needs_id=name != "create")
+            except ValueError as exc:
+                raise ValueError(f"{name}.path {exc}") from None
+        return self
+
+
 class HttpTableConfig(_Config):
     """Validated configuration of an ``http`` table (see the module docstring)."""
 
@@ -190,6 +269,9 @@ class HttpTableConfig(_Config):
         ge=0,
         description="Longest Retry-After honoured in the connector; longer waits are left "
         "to the job's retry policy.",
+    )
+    write: HttpWriteConfig | None = Field(
+        None, description="How local changes are published; None: the table is read-only."
     )
 
     @field_validator("paginator", mode="before")

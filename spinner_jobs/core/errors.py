@@ -221,6 +221,49 @@ class JobFailedError(SpinnerError):
         super().__init__(message)
 
 
+# --- local edits and publishing ----------------------------------------------------------
+
+
+class UnknownTableError(SpinnerError, LookupError):
+    """A local edit names a table that is not in the catalog."""
+
+    def __init__(self, table_id: str) -> None:
+        self.table_id = table_id
+        super().__init__(f"table {table_id!r} is not in the catalog; check the table id")
+
+
+class RecordNotFoundError(SpinnerError, LookupError):
+    """A local edit names a record the table does not have (or that was deleted locally)."""
+
+    def __init__(self, table_id: str, remote_id: str) -> None:
+        self.table_id = table_id
+        self.remote_id = remote_id
+        super().__init__(
+            f"table {table_id!r} has no record {remote_id!r}; check the id, or download "
+            "the table again"
+        )
+
+
+class InvalidEditError(SpinnerError, ValueError):
+    """A local edit's fields are not a JSON object with string keys."""
+
+    def __init__(self, table_id: str, problem: str) -> None:
+        self.table_id = table_id
+        super().__init__(f"invalid local edit of table {table_id!r}: {problem}")
+
+
+class ChangeStateError(SpinnerError):
+    """A publish step does not fit the change's state (unknown, or already settled)."""
+
+    def __init__(self, change_id: str, state: str, action: str) -> None:
+        self.change_id = change_id
+        self.state = state
+        super().__init__(
+            f"change {change_id!r} is {state}, so it cannot be {action}; list the table's "
+            "changes again"
+        )
+
+
 # --- source / download errors ----------------------------------------------------------
 
 

@@ -20,6 +20,17 @@ Routes::
     page_number  page, per_page        {"items": [...], "total_pages": p}    page + 1 (first: 1)
     single_page  -                     {"records": [...]}                    none
 
+Writable tables (``SampleTable(writable=True)``) serve records with a ``version``
+field and take writes, for publishing changes back::
+
+    GET    /tables/{name}/records/{id}   the record, or 404
+    POST   /tables/{name}/records        create from the JSON body: 201 with the new record
+    PATCH  /tables/{name}/records/{id}   merge the body's fields, version + 1: 200, record
+    DELETE /tables/{name}/records/{id}   204, or 404
+
+A write with an ``Idempotency-Key`` header that was answered 2xx before gets that answer
+again and is not applied twice (:attr:`SampleApi.applied_writes` lists what was).
+
 Test knobs: a required bearer token or API key (401 otherwise), scripted faults
 (:class:`Fault`: status bursts, ``Retry-After``, a connection dropped mid-body), a
 request log (:class:`LoggedRequest`), and tables that change between runs
@@ -70,6 +81,8 @@ class SampleTable:
             ``limit``/``per_page`` of the others (default 1000).
         seed: varies the generated values (default 0).
         removed: record indexes no longer served (default none), to test deletes.
+        writable: serve a ``version`` per record and take writes (default False).
+        wrap: key a write's fields are wrapped in (``{"data": {...}}``; default none).
 
     """
 
@@ -78,6 +91,8 @@ class SampleTable:
     page_size: int = 1000
     seed: int = 0
     removed: frozenset[int] = frozenset()
+    writable: bool = False
+    wrap: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +113,7 @@ class Fault:
         delay: seconds to wait before answering (default 0), to provoke timeouts.
         table: only requests for this table (default: any table route).
         body: body to send (default ``{"error": "injected fault"}``).
+        method: only requests with this method (default: any), e.g. ``"PATCH"``.
 
     """
 
@@ -109,6 +125,17 @@ class Fault:
     delay: float = 0.0
     table: str | None = None
     body: str | None = None
+    method: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedWrite:
+    """A write the sample API applied (a replayed idempotent one is not listed again)."""
+
+    method: str
+    table: str
+    remote_id: str
+    idempotency_key: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +149,7 @@ class LoggedRequest:
     status: int
     at: float  # time.monotonic() when it arrived
     table: str | None = None
+    body: bytes = b""
 
 
 def sample_table_config(
@@ -193,6 +221,7 @@ class _TableState:
     table: SampleTable
     version: int
     ids: Sequence[int]
+    rows: list[dict[str, Any]] | None = None  # a writable table's records
 
 
 @dataclass(slots=True)
@@ -253,6 +282,9 @@ class SampleApi:
             self.set_table(name, table)
         self._faults: list[_FaultState] = []
         self._log: list[LoggedRequest] = []
+        self._answered: dict[str, _Answer] = {}  # Idempotency-Key -> its 2xx answer
+        self._applied: list[AppliedWrite] = []
+        self._created = 0
         self._cache: OrderedDict[tuple[str, int, int, int], bytes] = OrderedDict()
         self._cache_size = 0
         self._server: _Server | None = None
@@ -328,9 +360,16 @@ class SampleApi:
         ids: Sequence[int] = range(table.records)
         if table.removed:
             ids = [i for i in ids if i not in table.removed]
+        rows = None
+        if table.writable:
+            rows = []
+            for index in ids:
+                record = demo_record(table.seed, index)
+                rows.append({"id": record.remote_id, "version": 1, **record.fields})
+            ids = range(len(rows))
         with self._lock:
             self._versions += 1
-            self._tables[name] = _TableState(table, self._versions, ids)
+            self._tables[name] = _TableState(table, self._versions, ids, rows)
 
     def remove_records(self, name: str, indexes: Iterable[int]) -> None:
         """Stop serving the records at ``indexes`` (ids ``rec_{index:07d}``) of ``name``."""
@@ -344,7 +383,27 @@ class SampleApi:
     def record_ids(self, name: str) -> list[str]:
         """Remote ids served for ``name``, in page order."""
         state = self._state(name)
+        if state.rows is not None:
+            return [str(row["id"]) for row in state.rows]
         return [demo_record(state.table.seed, i).remote_id for i in state.ids]
+
+    # --- writes (writable tables) ---
+
+    def remote_record(self, name: str, remote_id: str) -> dict[str, Any] | None:
+        """A writable table's record as the source has it now, or None."""
+        with self._lock:
+            return _find(self._rows(name), remote_id)
+
+    def edit_remote(self, name: str, remote_id: str, fields: Mapping[str, Any]) -> None:
+        """Change a record at the source, as someone else would (its version moves on)."""
+        with self._lock:
+            self._patch(name, remote_id, dict(fields))
+
+    @property
+    def applied_writes(self) -> list[AppliedWrite]:
+        """Writes applied so far, oldest first (idempotent replays are not applied)."""
+        with self._lock:
+            return list(self._applied)
 
     def warm(self, *names: str) -> int:
         """Render and cache the default pages of ``names`` (default: every table).
@@ -415,15 +474,21 @@ class SampleApi:
             except KeyError:
                 raise KeyError(f"no sample table {name!r}") from None
 
-    def _handle(self, handler: _Handler) -> None:
+    def _handle(self, handler: _Handler, body: bytes = b"") -> None:
         arrived = time.monotonic()
         split = urlsplit(handler.path)
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         headers = {k.lower(): v for k, v in handler.headers.items()}
-        table = (
-            unquote(split.path[len("/tables/") :]) if split.path.startswith("/tables/") else None
-        )
-        fault = self._take_fault(table) if table is not None else None
+        table: str | None = None
+        record: str | None = None  # "" for the records collection
+        if split.path.startswith("/tables/"):
+            quoted, slash, rest = split.path[len("/tables/") :].partition("/")
+            table = unquote(quoted)
+            if rest == "records" or rest.startswith("records/"):
+                record = unquote(rest[len("records/") :]) if rest != "records" else ""
+            elif slash:
+                table = unquote(split.path[len("/tables/") :])  # as before: no such table
+        fault = self._take_fault(table, handler.command) if table is not None else None
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
         if fault is not None and fault.status is not None and not fault.drop:
@@ -436,6 +501,10 @@ class SampleApi:
             answer = _error(401, "missing or invalid credentials", [("WWW-Authenticate", "Bearer")])
         elif split.path in ("/tables", "/tables/"):
             answer = self._list()
+        elif table is not None and record is not None:
+            answer = self._record_route(handler.command, table, record, body, headers)
+        elif table is not None and handler.command != "GET":
+            answer = _error(405, f"{handler.command} is not served for {split.path}")
         elif table is not None:
             answer = self._page(table, query)
             answer.drop = fault is not None and fault.drop and answer.status == 200
@@ -444,16 +513,18 @@ class SampleApi:
         with self._lock:
             self._log.append(
                 LoggedRequest(
-                    handler.command, split.path, query, headers, answer.status, arrived, table
+                    handler.command, split.path, query, headers, answer.status, arrived, table, body
                 )
             )
             self._logged.notify_all()
         _write(handler, answer)
 
-    def _take_fault(self, table: str) -> Fault | None:
+    def _take_fault(self, table: str, method: str) -> Fault | None:
         with self._lock:
             for state in self._faults:
                 if state.fault.table not in (None, table):
+                    continue
+                if state.fault.method not in (None, method):
                     continue
                 if state.skip > 0:
                     state.skip -= 1
@@ -471,6 +542,88 @@ class SampleApi:
         if self._bearer is not None and headers.get("authorization") == f"Bearer {self._bearer}":
             return True
         return self._api_key is not None and headers.get(self._api_key_header) == self._api_key
+
+    def _record_route(
+        self,
+        method: str,
+        name: str,
+        remote_id: str,
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> _Answer:
+        """One record route of a writable table (see the module docstring)."""
+        with self._lock:
+            state = self._tables.get(name)
+            if state is None or state.rows is None:
+                return _error(404, f"no writable table {name!r}")
+            if method == "GET" and remote_id:
+                found = _find(state.rows, remote_id)
+                if found is None:
+                    return _error(404, f"no record {remote_id!r}")
+                return _Answer(200, json.dumps(found).encode())
+            key = headers.get("idempotency-key")
+            if key is not None and key in self._answered:
+                return self._answered[key]  # already applied: the same answer again
+            answer = self._write(method, name, state, remote_id, body)
+            if 200 <= answer.status < 300:
+                if key is not None:
+                    self._answered[key] = answer
+                applied_id = remote_id or json.loads(answer.body)["id"]
+                self._applied.append(AppliedWrite(method, name, applied_id, key))
+            return answer
+
+    def _write(
+        self, method: str, name: str, state: _TableState, remote_id: str, body: bytes
+    ) -> _Answer:
+        """Apply one write (the lock held)."""
+        if method == "DELETE" and remote_id:
+            rows = [row for row in state.rows or [] if row["id"] != remote_id]
+            if len(rows) == len(state.rows or []):
+                return _error(404, f"no record {remote_id!r}")
+            self._replace_rows(name, state, rows)
+            return _Answer(204, b"")
+        if method not in ("POST", "PATCH") or bool(remote_id) != (method == "PATCH"):
+            return _error(405, f"{method} is not served here")
+        try:
+            fields = json.loads(body or b"null")
+        except ValueError:
+            return _error(400, "the body is not JSON")
+        if state.table.wrap is not None:
+            fields = fields.get(state.table.wrap) if isinstance(fields, dict) else None
+        if not isinstance(fields, dict):
+            return _error(422, "the body is not a JSON object of fields")
+        if method == "PATCH":
+            patched = self._patch(name, remote_id, fields)
+            if patched is None:
+                return _error(404, f"no record {remote_id!r}")
+            return _Answer(200, json.dumps(patched).encode())
+        self._created += 1
+        created = {**fields, "id": f"new_{self._created:05d}", "version": 1}
+        self._replace_rows(name, state, [*(state.rows or []), created])
+        return _Answer(201, json.dumps(created).encode())
+
+    def _patch(self, name: str, remote_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge ``fields`` into a record and move its version on (the lock held)."""
+        state = self._tables[name]
+        rows = list(self._rows(name))
+        for i, row in enumerate(rows):
+            if row["id"] == remote_id:
+                fields = {k: v for k, v in fields.items() if k not in ("id", "version")}
+                rows[i] = {**row, **fields, "version": int(row["version"]) + 1}
+                self._replace_rows(name, state, rows)
+                return rows[i]
+        return None
+
+    def _rows(self, name: str) -> list[dict[str, Any]]:
+        rows = self._tables[name].rows
+        if rows is None:
+            raise KeyError(f"sample table {name!r} is not writable")
+        return rows
+
+    def _replace_rows(self, name: str, state: _TableState, rows: list[dict[str, Any]]) -> None:
+        # A new version: pages rendered from the old rows are not served again.
+        self._versions += 1
+        self._tables[name] = _TableState(state.table, self._versions, range(len(rows)), rows)
 
     def _list(self) -> _Answer:
         with self._lock:
@@ -543,7 +696,9 @@ class SampleApi:
                 return cached
         seed = state.table.seed
         rows = []
-        for index in state.ids[start:stop]:
+        if state.rows is not None:
+            rows = state.rows[start:stop]
+        for index in state.ids[start:stop] if state.rows is None else ():
             record = demo_record(seed, index)
             rows.append({"id": record.remote_id, **record.fields})
         body = json.dumps(rows, separators=(",", ":")).encode()
@@ -559,6 +714,10 @@ class SampleApi:
 
 class _BadQueryError(ValueError):
     pass
+
+
+def _find(rows: Sequence[dict[str, Any]], remote_id: str) -> dict[str, Any] | None:
+    return next((dict(row) for row in rows if row["id"] == remote_id), None)
 
 
 def _int(
@@ -653,6 +812,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.api._handle(self)
+
+    def _with_body(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.server.api._handle(self, self.rfile.read(length) if length else b"")
+
+    def do_POST(self) -> None:
+        self._with_body()
+
+    def do_PATCH(self) -> None:
+        self._with_body()
+
+    def do_PUT(self) -> None:
+        self._with_body()
+
+    def do_DELETE(self) -> None:
+        self._with_body()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request stderr line."""

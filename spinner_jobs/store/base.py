@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from spinner_jobs.core.changes import Change, ChangeState
 from spinner_jobs.core.models import (
     AccountSummary,
     ConnectorAccount,
@@ -181,7 +182,8 @@ class Store(Protocol):
         """Upsert ``records`` and save ``checkpoint`` in one transaction, fenced on ``lease``.
 
         Upserting marks each record as seen by the lease's job. A record edited locally
-        (dirty) keeps its local fields.
+        (dirty) keeps its local fields; one deleted locally stays deleted while its
+        delete is pending or sent.
 
         Raises:
             LockLostError: the lease is no longer valid; nothing was written.
@@ -204,7 +206,114 @@ class Store(Protocol):
         """
         ...
 
-    # --- reading and local edits (services, tests) -----------------------------------
+    # --- local edits and their publishing (publish-changes) ---------------------------
+    #
+    # A local edit changes the record at once and records (or coalesces into) one
+    # change per record; the record stays dirty until the source confirms its change.
+    # Coalescing, while the record's change is pending: update+update merge fields,
+    # create+update stays a create, update+delete becomes a delete, create+delete
+    # removes both. An edit of a record whose change is already sent starts a new
+    # change after it; one whose change is in conflict or failed replaces it with a new
+    # pending change (new idempotency key) carrying the unpublished edits.
+
+    def update_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
+        """Merge ``fields`` into a record locally; the record becomes dirty.
+
+        Raises:
+            UnknownTableError: no such table.
+            RecordNotFoundError: no such record (or it was deleted locally).
+            InvalidEditError: ``fields`` is not a JSON object with string keys.
+        """
+        ...
+
+    def create_record(self, table_id: str, fields: Mapping[str, Any]) -> str:
+        """Create a record locally; return its local id (``local:<hex>``).
+
+        The source assigns the real id when the create is published; the record then
+        takes that id.
+
+        Raises:
+            UnknownTableError: no such table.
+            InvalidEditError: ``fields`` is not a JSON object with string keys.
+        """
+        ...
+
+    def delete_record(self, table_id: str, remote_id: str) -> None:
+        """Delete a record locally; a download does not bring it back while it is pending.
+
+        Raises:
+            UnknownTableError: no such table.
+            RecordNotFoundError: no such record (or it was deleted locally already).
+        """
+        ...
+
+    def list_changes(
+        self,
+        table_id: str,
+        states: Sequence[ChangeState] | None = None,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> list[Change]:
+        """The table's changes in ``states`` (None: all) with ``seq > after``, by ``seq``."""
+        ...
+
+    def change_counts(self, table_id: str, job_id: str | None = None) -> dict[ChangeState, int]:
+        """How many of the table's changes are in each state (every state present).
+
+        With ``job_id``, settled states (confirmed, conflict, failed) count only the
+        changes that job settled; pending and sent count all.
+        """
+        ...
+
+    def mark_change_sent(self, lease: Lease, change_id: str) -> Change | None:
+        """Mark a pending (or already sent) change sent, fenced on ``lease``.
+
+        Returns:
+            The change as it is now, to be sent as returned (edits coalesced before this
+            call are in it; later edits start a new change); None when it is no longer
+            pending or sent (coalesced away, or settled).
+
+        Raises:
+            LockLostError: the lease is no longer valid; nothing was written.
+        """
+        ...
+
+    def confirm_change(
+        self,
+        lease: Lease,
+        change_id: str,
+        remote_id: str | None,
+        fields: Mapping[str, Any] | None,
+    ) -> None:
+        """The source applied a sent change: settle it confirmed, fenced on ``lease``.
+
+        The record's dirty flag is cleared (unless a later change of it is waiting); a
+        create's record takes ``remote_id``, the id the source assigned; a delete's
+        record is gone; ``fields`` the source returned are merged into the record.
+        Confirming a confirmed change again does nothing.
+
+        Raises:
+            LockLostError: the lease is no longer valid; nothing was written.
+            ChangeStateError: the change is unknown, not sent, or (a create) lacks
+                ``remote_id``.
+        """
+        ...
+
+    def settle_change(
+        self, lease: Lease, change_id: str, state: ChangeState, error: str | None
+    ) -> None:
+        """Settle a change as ``conflict`` or ``failed`` with its reason, fenced on ``lease``.
+
+        The record stays dirty with its local edits.
+
+        Raises:
+            LockLostError: the lease is no longer valid; nothing was written.
+            ChangeStateError: the change is unknown or already settled.
+            ValueError: ``state`` is not conflict or failed.
+        """
+        ...
+
+    # --- reading (services, tests) ----------------------------------------------------
 
     def count_records(self, table_id: str) -> int:
         """Number of records stored for the table."""
@@ -216,10 +325,6 @@ class Store(Protocol):
 
     def get_record(self, table_id: str, remote_id: str) -> Mapping[str, Any] | None:
         """A record's fields, or None."""
-        ...
-
-    def edit_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
-        """Edit a record locally: its fields change and it is flagged dirty."""
         ...
 
     # --- export reads -----------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -26,13 +27,28 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
+from spinner_jobs.core.changes import (
+    LOCAL_ID_PREFIX,
+    UNSETTLED,
+    Change,
+    ChangeOp,
+    ChangeState,
+    confirmed_fields,
+    confirmed_id,
+    edit_fields,
+    plan_edit,
+    settled_state,
+)
 from spinner_jobs.core.errors import (
     AccountConflictError,
     AccountNotFoundError,
+    ChangeStateError,
     InvalidJobError,
     LockLostError,
+    RecordNotFoundError,
     StoreUnavailableError,
     TableConflictError,
+    UnknownTableError,
     WorkbookConflictError,
 )
 from spinner_jobs.core.models import (
@@ -109,6 +125,22 @@ _SCHEMA = (
         PRIMARY KEY (table_id, job_id)
     )""",
     "ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS config_hash text",
+    # change_id is also the change's idempotency key.
+    """CREATE TABLE IF NOT EXISTS changes (
+        seq bigserial PRIMARY KEY,
+        change_id text NOT NULL UNIQUE,
+        table_id text COLLATE "C" NOT NULL,
+        remote_id text COLLATE "C" NOT NULL,
+        op text NOT NULL,
+        fields jsonb NOT NULL,
+        base jsonb,
+        state text NOT NULL,
+        error text,
+        job_id text,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    "CREATE INDEX IF NOT EXISTS changes_record ON changes (table_id, remote_id, seq)",
+    "CREATE INDEX IF NOT EXISTS changes_state ON changes (table_id, state, seq)",
 )
 
 # A page is COPied into this per-connection temp table, then merged with one
@@ -134,6 +166,18 @@ ON CONFLICT (table_id, remote_id) DO UPDATE SET
     fields = CASE WHEN r.dirty THEN r.fields ELSE excluded.fields END,
     seen_by = excluded.seen_by
 """
+
+
+# A record deleted locally stays deleted while its delete is on its way to the source.
+_DROP_DELETED_LOCALLY = """
+DELETE FROM records r USING changes c
+WHERE r.table_id = %(table_id)s AND c.table_id = %(table_id)s AND c.op = 'delete'
+AND c.state IN ('pending', 'sent') AND r.remote_id = c.remote_id
+"""
+
+_CHANGE_COLUMNS = (
+    "change_id, seq, table_id, remote_id, op, fields, base, state, error, job_id, updated_at"
+)
 
 
 def _dumps(value: Any) -> str:
@@ -334,6 +378,7 @@ class PostgresStore:
             gone = [tid for tid, wid in rows if wid == workbook.id and tid not in kept]
             if gone:
                 conn.execute("DELETE FROM records WHERE table_id = ANY(%s)", (gone,))
+                conn.execute("DELETE FROM changes WHERE table_id = ANY(%s)", (gone,))
                 conn.execute("DELETE FROM checkpoints WHERE table_id = ANY(%s)", (gone,))
                 conn.execute("DELETE FROM workbook_tables WHERE id = ANY(%s)", (gone,))
             if workbook.tables:
@@ -593,6 +638,7 @@ class PostgresStore:
                     for row in rows:
                         copy.write_row(row)
                 cur.execute(_MERGE_PAGE, {"table_id": table_id, "job_id": job_id})
+                cur.execute(_DROP_DELETED_LOCALLY, {"table_id": table_id})
             cur.execute(
                 "INSERT INTO checkpoints (table_id, job_id, cursor, records, pages, config_hash) "
                 "VALUES (%s, %s, %s, %s, %s, %s) "
@@ -657,7 +703,178 @@ class PostgresStore:
             records = _count_seen(cur, lease)
         return SyncSummary(deleted=deleted, kept_dirty=int(kept[0]) if kept else 0, records=records)
 
-    # --- reading and local edits -----------------------------------------------------
+    # --- local edits and their publishing ----------------------------------------------
+
+    @_translated
+    def update_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
+        """Merge ``fields`` into a record locally and record the change (see ``Store``)."""
+        edit, _ = edit_fields(table_id, fields)
+        with self._tx() as conn, conn.cursor() as cur:
+            _edit(cur, ChangeOp.UPDATE, table_id, remote_id, edit)
+
+    @_translated
+    def create_record(self, table_id: str, fields: Mapping[str, Any]) -> str:
+        """Create a record locally; return its local id (see ``Store``)."""
+        edit, _ = edit_fields(table_id, fields)
+        local_id = f"{LOCAL_ID_PREFIX}{uuid.uuid4().hex}"
+        with self._tx() as conn, conn.cursor() as cur:
+            _edit(cur, ChangeOp.CREATE, table_id, local_id, edit)
+        return local_id
+
+    @_translated
+    def delete_record(self, table_id: str, remote_id: str) -> None:
+        """Delete a record locally and record the change (see ``Store``)."""
+        with self._tx() as conn, conn.cursor() as cur:
+            _edit(cur, ChangeOp.DELETE, table_id, remote_id, {})
+
+    @_translated
+    def list_changes(
+        self,
+        table_id: str,
+        states: Sequence[ChangeState] | None = None,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> list[Change]:
+        """The table's changes in ``states`` (None: all) after ``seq`` ``after``, by seq."""
+        wanted = None if states is None else [ChangeState(s).value for s in states]
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE table_id = %s AND seq > %s "
+                "AND (%s::text[] IS NULL OR state = ANY(%s::text[])) ORDER BY seq LIMIT %s",
+                (table_id, after, wanted, wanted, limit),
+            ).fetchall()
+        return [_change(row) for row in rows]
+
+    @_translated
+    def change_counts(self, table_id: str, job_id: str | None = None) -> dict[ChangeState, int]:
+        """Changes of the table per state (settled ones of ``job_id`` only, when given)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT state, count(*) FROM changes WHERE table_id = %(table)s "
+                "AND (%(job)s::text IS NULL OR state IN ('pending', 'sent') "
+                "OR job_id = %(job)s) GROUP BY state",
+                {"table": table_id, "job": job_id},
+            ).fetchall()
+        counts = dict.fromkeys(ChangeState, 0)
+        for state, count in rows:
+            counts[ChangeState(state)] = int(count)
+        return counts
+
+    @_translated
+    def mark_change_sent(self, lease: Lease, change_id: str) -> Change | None:
+        """Mark a pending or sent change sent, fenced on the lease; None if neither."""
+        with self._tx() as conn, conn.cursor() as cur:
+            _check_lease(cur, lease)
+            # The row lock waits for an edit coalescing into this change: what is
+            # returned (and sent) has every edit made before it.
+            row = cur.execute(
+                "UPDATE changes SET state = 'sent', job_id = %s, updated_at = now() "
+                "WHERE change_id = %s AND table_id = %s AND state IN ('pending', 'sent') "
+                f"RETURNING {_CHANGE_COLUMNS}",
+                (lease.job_id, change_id, lease.table_id),
+            ).fetchone()
+        return None if row is None else _change(row)
+
+    @_translated
+    def confirm_change(
+        self,
+        lease: Lease,
+        change_id: str,
+        remote_id: str | None,
+        fields: Mapping[str, Any] | None,
+    ) -> None:
+        """Settle a sent change confirmed and clean its record (see ``Store``)."""
+        table_id = lease.table_id
+        returned = dict(fields) if fields else {}
+        with self._tx() as conn, conn.cursor() as cur:
+            _check_lease(cur, lease)
+            first = _change_for(cur, table_id, change_id, lock=False)
+            if first.state is ChangeState.CONFIRMED:
+                return
+            # Record rows before change rows, the order edits lock them in.
+            ids = sorted({first.remote_id, confirmed_id(first, remote_id)})
+            cur.execute(
+                "SELECT 1 FROM records WHERE table_id = %s AND remote_id = ANY(%s) "
+                'ORDER BY remote_id COLLATE "C" FOR UPDATE',
+                (table_id, ids),
+            )
+            change = _change_for(cur, table_id, change_id, lock=True)
+            if change.state is ChangeState.CONFIRMED:
+                return
+            if change.state is not ChangeState.SENT:
+                raise ChangeStateError(change_id, change.state.value, "confirmed")
+            old_id = change.remote_id
+            new_id = confirmed_id(change, remote_id)
+            if new_id != old_id:
+                # The record takes the id its source assigned (replacing a copy of it a
+                # download may have brought meanwhile); so do its later changes.
+                cur.execute(
+                    "DELETE FROM records WHERE table_id = %s AND remote_id = %s",
+                    (table_id, new_id),
+                )
+                cur.execute(
+                    "UPDATE records SET remote_id = %s WHERE table_id = %s AND remote_id = %s",
+                    (new_id, table_id, old_id),
+                )
+                cur.execute(
+                    "UPDATE changes SET remote_id = %s WHERE table_id = %s AND remote_id = %s",
+                    (new_id, table_id, old_id),
+                )
+            later = [
+                _change(row)
+                for row in cur.execute(
+                    f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE table_id = %s "
+                    "AND remote_id = %s AND seq > %s AND state != 'confirmed' ORDER BY seq",
+                    (table_id, new_id, change.seq),
+                ).fetchall()
+            ]
+            if change.op is ChangeOp.DELETE:
+                cur.execute(
+                    "DELETE FROM records WHERE table_id = %s AND remote_id = %s",
+                    (table_id, new_id),
+                )
+            else:
+                row = cur.execute(
+                    "SELECT fields FROM records WHERE table_id = %s AND remote_id = %s",
+                    (table_id, new_id),
+                ).fetchone()
+                if row is not None:
+                    merged = confirmed_fields(row[0], returned, later)
+                    cur.execute(
+                        "UPDATE records SET fields = %s::jsonb, dirty = %s WHERE table_id = %s "
+                        "AND remote_id = %s",
+                        (_dumps(merged), bool(later), table_id, new_id),
+                    )
+                rebased = _dumps({**(change.base or {}), **change.fields, **returned})
+                cur.execute(
+                    "UPDATE changes SET base = %s::jsonb WHERE table_id = %s AND remote_id = %s "
+                    "AND seq > %s AND state = 'pending' AND op != 'create'",
+                    (rebased, table_id, new_id, change.seq),
+                )
+            cur.execute(
+                "UPDATE changes SET state = 'confirmed', error = NULL, job_id = %s, "
+                "updated_at = now() WHERE change_id = %s",
+                (lease.job_id, change_id),
+            )
+
+    @_translated
+    def settle_change(
+        self, lease: Lease, change_id: str, state: ChangeState, error: str | None
+    ) -> None:
+        """Settle a change as conflict or failed, fenced on the lease (see ``Store``)."""
+        state = settled_state(state)
+        with self._tx() as conn, conn.cursor() as cur:
+            _check_lease(cur, lease)
+            change = _change_for(cur, lease.table_id, change_id, lock=True)
+            if change.state not in UNSETTLED:
+                raise ChangeStateError(change_id, change.state.value, f"settled as {state}")
+            cur.execute(
+                "UPDATE changes SET state = %s, error = %s, job_id = %s, updated_at = now() "
+                "WHERE change_id = %s",
+                (state.value, error, lease.job_id, change_id),
+            )
+
+    # --- reading ---------------------------------------------------------------------
 
     @_translated
     def count_records(self, table_id: str) -> int:
@@ -689,20 +906,7 @@ class PostgresStore:
             ).fetchone()
         return None if row is None else dict(row[0])
 
-    @_translated
-    def edit_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
-        """Edit a record locally and flag it dirty."""
-        encoded = _dumps(dict(fields))
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO records (table_id, remote_id, fields, dirty) "
-                "VALUES (%s, %s, %s::jsonb, true) "
-                "ON CONFLICT (table_id, remote_id) DO UPDATE SET fields = excluded.fields, "
-                "dirty = true",
-                (table_id, remote_id, encoded),
-            )
-
-    # --- export reads ----------------------------------------------------------------
+     # --- export reads ----------------------------------------------------------------
 
     @_translated
     def read_records(self, table_id: str, after: str | None, limit: int) -> list[RecordRow]:
@@ -747,6 +951,101 @@ def _count_seen(cur: psycopg.Cursor[TupleRow], lease: Lease) -> int:
         (lease.table_id, lease.job_id),
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+def _edit(
+    cur: psycopg.Cursor[TupleRow],
+    op: ChangeOp,
+    table_id: str,
+    remote_id: str,
+    edit: dict[str, Any],
+) -> None:
+    """One local edit (see ``Store.update_record``), in the caller's transaction."""
+    # KEY SHARE: the table cannot go meanwhile, and leases (updates) are not blocked.
+    known = cur.execute(
+        "SELECT 1 FROM workbook_tables WHERE id = %s FOR KEY SHARE", (table_id,)
+    ).fetchone()
+    if known is None:
+        raise UnknownTableError(table_id)
+    record: dict[str, Any] | None = None
+    dirty = False
+    latest: Change | None = None
+    if op is not ChangeOp.CREATE:
+        # The record's row lock serializes edits of one record, and confirmations.
+        row = cur.execute(
+            "SELECT fields, dirty FROM records WHERE table_id = %s AND remote_id = %s FOR UPDATE",
+            (table_id, remote_id),
+        ).fetchone()
+        if row is None:
+            raise RecordNotFoundError(table_id, remote_id)
+        record, dirty = dict(row[0]), bool(row[1])
+        found = cur.execute(
+            f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE table_id = %s AND remote_id = %s "
+            "AND state != 'confirmed' ORDER BY seq DESC LIMIT 1 FOR UPDATE",
+            (table_id, remote_id),
+        ).fetchone()
+        latest = None if found is None else _change(found)
+    plan = plan_edit(op, edit, remote_id, record, dirty, latest)
+    if plan.record is None:
+        cur.execute(
+            "DELETE FROM records WHERE table_id = %s AND remote_id = %s", (table_id, remote_id)
+        )
+    else:
+        cur.execute(
+            "INSERT INTO records (table_id, remote_id, fields, dirty) "
+            "VALUES (%s, %s, %s::jsonb, true) "
+            "ON CONFLICT (table_id, remote_id) DO UPDATE SET fields = excluded.fields, "
+            "dirty = true",
+            (table_id, remote_id, _dumps(plan.record)),
+        )
+    if plan.drop:
+        cur.execute("DELETE FROM changes WHERE change_id = ANY(%s)", (list(plan.drop),))
+    if plan.change is None:
+        return
+    new_op, fields, base = plan.change
+    base_json = None if base is None else _dumps(base)
+    if plan.in_place is not None:
+        cur.execute(
+            "UPDATE changes SET op = %s, fields = %s::jsonb, base = %s::jsonb, "
+            "updated_at = now() WHERE change_id = %s",
+            (new_op.value, _dumps(fields), base_json, plan.in_place),
+        )
+    else:
+        cur.execute(
+            "INSERT INTO changes (change_id, table_id, remote_id, op, fields, base, state) "
+            "VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, 'pending')",
+            (uuid.uuid4().hex, table_id, remote_id, new_op.value, _dumps(fields), base_json),
+        )
+
+
+def _change_for(
+    cur: psycopg.Cursor[TupleRow], table_id: str, change_id: str, *, lock: bool
+) -> Change:
+    row = cur.execute(
+        f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE change_id = %s AND table_id = %s"
+        + (" FOR UPDATE" if lock else ""),
+        (change_id, table_id),
+    ).fetchone()
+    if row is None:
+        raise ChangeStateError(change_id, "unknown", "settled")
+    return _change(row)
+
+
+def _change(row: Sequence[Any]) -> Change:
+    """A ``changes`` row (``_CHANGE_COLUMNS``) as a Change."""
+    return Change(
+        change_id=row[0],
+        seq=row[1],
+        table_id=row[2],
+        remote_id=row[3],
+        op=ChangeOp(row[4]),
+        fields=row[5],
+        base=row[6],
+        state=ChangeState(row[7]),
+        error=row[8],
+        job_id=row[9],
+        updated_at=row[10],
+    )
 
 
 def redact_url(url: str) -> str:

@@ -6,6 +6,7 @@ import functools
 import json
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,12 +15,27 @@ from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
+from spinner_jobs.core.changes import (
+    LOCAL_ID_PREFIX,
+    UNSETTLED,
+    Change,
+    ChangeOp,
+    ChangeState,
+    confirmed_fields,
+    confirmed_id,
+    edit_fields,
+    plan_edit,
+    settled_state,
+)
 from spinner_jobs.core.errors import (
     AccountConflictError,
     AccountNotFoundError,
+    ChangeStateError,
     LockLostError,
+    RecordNotFoundError,
     StoreUnavailableError,
     TableConflictError,
+    UnknownTableError,
     WorkbookConflictError,
 )
 from spinner_jobs.core.models import (
@@ -91,6 +107,21 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     config_hash TEXT,
     PRIMARY KEY (table_id, job_id)
 );
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    change_id TEXT NOT NULL UNIQUE, -- also the change's idempotency key
+    table_id TEXT NOT NULL,
+    remote_id TEXT NOT NULL,
+    op TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    base TEXT,
+    state TEXT NOT NULL,
+    error TEXT,
+    job_id TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_record ON changes(table_id, remote_id, seq);
+CREATE INDEX IF NOT EXISTS changes_state ON changes(table_id, state, seq);
 """
 
 _UPSERT_RECORD = """
@@ -99,6 +130,18 @@ ON CONFLICT (table_id, remote_id) DO UPDATE SET
     fields = CASE WHEN records.dirty THEN records.fields ELSE excluded.fields END,
     seen_by = excluded.seen_by
 """
+
+# A record deleted locally stays deleted while its delete is on its way to the source.
+_DROP_DELETED_LOCALLY = """
+DELETE FROM records WHERE table_id = ? AND remote_id IN (
+    SELECT remote_id FROM changes
+    WHERE table_id = ? AND op = 'delete' AND state IN ('pending', 'sent')
+)
+"""
+
+_CHANGE_COLUMNS = (
+    "change_id, seq, table_id, remote_id, op, fields, base, state, error, job_id, updated_at"
+)
 
 
 def _dumps(value: Any) -> str:
@@ -283,6 +326,7 @@ class SqliteStore:
             ]
             for table_id in gone:
                 conn.execute("DELETE FROM records WHERE table_id = ?", (table_id,))
+                conn.execute("DELETE FROM changes WHERE table_id = ?", (table_id,))
                 conn.execute("DELETE FROM checkpoints WHERE table_id = ?", (table_id,))
                 conn.execute("DELETE FROM workbook_tables WHERE id = ?", (table_id,))
             for position, table in enumerate(workbook.tables):
@@ -515,6 +559,7 @@ class SqliteStore:
         with self._write() as conn:
             _check_lease(conn, lease)
             conn.executemany(_UPSERT_RECORD, rows)
+            conn.execute(_DROP_DELETED_LOCALLY, (table_id, table_id))
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints "
                 "(table_id, job_id, cursor, records, pages, config_hash) VALUES (?, ?, ?, ?, ?, ?)",
@@ -580,7 +625,232 @@ class SqliteStore:
             records = _count_seen(conn, table_id, job_id)
         return SyncSummary(deleted=deleted, kept_dirty=kept, records=records)
 
-    # --- reading and local edits -----------------------------------------------------
+    # --- local edits and their publishing ----------------------------------------------
+
+    @_translated
+    def update_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
+        """Merge ``fields`` into a record locally and record the change (see ``Store``)."""
+        edit, _ = edit_fields(table_id, fields)
+        with self._write() as conn:
+            self._edit(conn, ChangeOp.UPDATE, table_id, remote_id, edit)
+
+    @_translated
+    def create_record(self, table_id: str, fields: Mapping[str, Any]) -> str:
+        """Create a record locally; return its local id (see ``Store``)."""
+        edit, _ = edit_fields(table_id, fields)
+        local_id = f"{LOCAL_ID_PREFIX}{uuid.uuid4().hex}"
+        with self._write() as conn:
+            self._edit(conn, ChangeOp.CREATE, table_id, local_id, edit)
+        return local_id
+
+    @_translated
+    def delete_record(self, table_id: str, remote_id: str) -> None:
+        """Delete a record locally and record the change (see ``Store``)."""
+        with self._write() as conn:
+            self._edit(conn, ChangeOp.DELETE, table_id, remote_id, {})
+
+    def _edit(
+        self,
+        conn: sqlite3.Connection,
+        op: ChangeOp,
+        table_id: str,
+        remote_id: str,
+        edit: dict[str, Any],
+    ) -> None:
+        known = conn.execute("SELECT 1 FROM workbook_tables WHERE id = ?", (table_id,))
+        if known.fetchone() is None:
+            raise UnknownTableError(table_id)
+        record: dict[str, Any] | None = None
+        dirty = False
+        latest: Change | None = None
+        if op is not ChangeOp.CREATE:
+            row = conn.execute(
+                "SELECT fields, dirty FROM records WHERE table_id = ? AND remote_id = ?",
+                (table_id, remote_id),
+            ).fetchone()
+            if row is None:
+                raise RecordNotFoundError(table_id, remote_id)
+            record, dirty = dict(json.loads(row[0])), bool(row[1])
+            found = conn.execute(
+                f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE table_id = ? AND remote_id = ? "
+                "AND state != 'confirmed' ORDER BY seq DESC LIMIT 1",
+                (table_id, remote_id),
+            ).fetchone()
+            latest = None if found is None else _change(found)
+        plan = plan_edit(op, edit, remote_id, record, dirty, latest)
+        now = datetime.now(UTC).isoformat()
+        if plan.record is None:
+            conn.execute(
+                "DELETE FROM records WHERE table_id = ? AND remote_id = ?", (table_id, remote_id)
+            )
+        else:
+            conn.execute(
+                "INSERT INTO records (table_id, remote_id, fields, dirty) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (table_id, remote_id) DO UPDATE SET fields = excluded.fields, "
+                "dirty = 1",
+                (table_id, remote_id, _dumps(plan.record)),
+            )
+        for change_id in plan.drop:
+            conn.execute("DELETE FROM changes WHERE change_id = ?", (change_id,))
+        if plan.change is None:
+            return
+        op_, fields_, base = plan.change
+        base_text = None if base is None else _dumps(base)
+        if plan.in_place is not None:
+            conn.execute(
+                "UPDATE changes SET op = ?, fields = ?, base = ?, updated_at = ? "
+                "WHERE change_id = ?",
+                (op_.value, _dumps(fields_), base_text, now, plan.in_place),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO changes (change_id, table_id, remote_id, op, fields, base, state, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                (uuid.uuid4().hex, table_id, remote_id, op_.value, _dumps(fields_), base_text, now),
+            )
+
+    @_translated
+    def list_changes(
+        self,
+        table_id: str,
+        states: Sequence[ChangeState] | None = None,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> list[Change]:
+        """The table's changes in ``states`` (None: all) after ``seq`` ``after``, by seq."""
+        wanted = [ChangeState(s).value for s in states] if states is not None else []
+        marks = ",".join("?" * len(wanted))
+        where = f"AND state IN ({marks})" if states is not None else ""
+        rows = self._conn().execute(
+            f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE table_id = ? AND seq > ? {where} "
+            "ORDER BY seq LIMIT ?",
+            (table_id, after, *wanted, limit),
+        )
+        return [_change(row) for row in rows]
+
+    @_translated
+    def change_counts(self, table_id: str, job_id: str | None = None) -> dict[ChangeState, int]:
+        """Changes of the table per state (settled ones of ``job_id`` only, when given)."""
+        rows = self._conn().execute(
+            "SELECT state, count(*) FROM changes WHERE table_id = ? AND (? IS NULL "
+            "OR state IN ('pending', 'sent') OR job_id = ?) GROUP BY state",
+            (table_id, job_id, job_id),
+        )
+        counts = dict.fromkeys(ChangeState, 0)
+        for state, count in rows:
+            counts[ChangeState(state)] = int(count)
+        return counts
+
+    @_translated
+    def mark_change_sent(self, lease: Lease, change_id: str) -> Change | None:
+        """Mark a pending or sent change sent, fenced on the lease; None if neither."""
+        with self._write() as conn:
+            _check_lease(conn, lease)
+            row = conn.execute(
+                "UPDATE changes SET state = 'sent', job_id = ?, updated_at = ? "
+                "WHERE change_id = ? AND table_id = ? AND state IN ('pending', 'sent') "
+                f"RETURNING {_CHANGE_COLUMNS}",
+                (lease.job_id, datetime.now(UTC).isoformat(), change_id, lease.table_id),
+            ).fetchone()
+        return None if row is None else _change(row)
+
+    @_translated
+    def confirm_change(
+        self,
+        lease: Lease,
+        change_id: str,
+        remote_id: str | None,
+        fields: Mapping[str, Any] | None,
+    ) -> None:
+        """Settle a sent change confirmed and clean its record (see ``Store``)."""
+        table_id = lease.table_id
+        returned = dict(fields) if fields else {}
+        with self._write() as conn:
+            _check_lease(conn, lease)
+            change = self._change_for(conn, table_id, change_id)
+            if change.state is ChangeState.CONFIRMED:
+                return
+            if change.state is not ChangeState.SENT:
+                raise ChangeStateError(change_id, change.state.value, "confirmed")
+            old_id = change.remote_id
+            new_id = confirmed_id(change, remote_id)
+            if new_id != old_id:
+                # The record takes the id its source assigned (replacing a copy of it a
+                # download may have brought meanwhile); so do its later changes.
+                conn.execute(
+                    "DELETE FROM records WHERE table_id = ? AND remote_id = ?", (table_id, new_id)
+                )
+                conn.execute(
+                    "UPDATE records SET remote_id = ? WHERE table_id = ? AND remote_id = ?",
+                    (new_id, table_id, old_id),
+                )
+                conn.execute(
+                    "UPDATE changes SET remote_id = ? WHERE table_id = ? AND remote_id = ?",
+                    (new_id, table_id, old_id),
+                )
+            later = [
+                _change(row)
+                for row in conn.execute(
+                    f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE table_id = ? AND remote_id = ? "
+                    "AND seq > ? AND state != 'confirmed' ORDER BY seq",
+                    (table_id, new_id, change.seq),
+                )
+            ]
+            if change.op is ChangeOp.DELETE:
+                conn.execute(
+                    "DELETE FROM records WHERE table_id = ? AND remote_id = ?", (table_id, new_id)
+                )
+            else:
+                row = conn.execute(
+                    "SELECT fields FROM records WHERE table_id = ? AND remote_id = ?",
+                    (table_id, new_id),
+                ).fetchone()
+                if row is not None:
+                    merged = confirmed_fields(json.loads(row[0]), returned, later)
+                    conn.execute(
+                        "UPDATE records SET fields = ?, dirty = ? WHERE table_id = ? "
+                        "AND remote_id = ?",
+                        (_dumps(merged), 1 if later else 0, table_id, new_id),
+                    )
+                rebased = _dumps({**(change.base or {}), **change.fields, **returned})
+                conn.execute(
+                    "UPDATE changes SET base = ? WHERE table_id = ? AND remote_id = ? "
+                    "AND seq > ? AND state = 'pending' AND op != 'create'",
+                    (rebased, table_id, new_id, change.seq),
+                )
+            conn.execute(
+                "UPDATE changes SET state = 'confirmed', error = NULL, job_id = ?, "
+                "updated_at = ? WHERE change_id = ?",
+                (lease.job_id, datetime.now(UTC).isoformat(), change_id),
+            )
+
+    @_translated
+    def settle_change(
+        self, lease: Lease, change_id: str, state: ChangeState, error: str | None
+    ) -> None:
+        """Settle a change as conflict or failed, fenced on the lease (see ``Store``)."""
+        state = settled_state(state)
+        with self._write() as conn:
+            _check_lease(conn, lease)
+            change = self._change_for(conn, lease.table_id, change_id)
+            if change.state not in UNSETTLED:
+                raise ChangeStateError(change_id, change.state.value, f"settled as {state}")
+            conn.execute(
+                "UPDATE changes SET state = ?, error = ?, job_id = ?, updated_at = ? "
+                "WHERE change_id = ?",
+                (state.value, error, lease.job_id, datetime.now(UTC).isoformat(), change_id),
+            )
+
+    def _change_for(self, conn: sqlite3.Connection, table_id: str, change_id: str) -> Change:
+        row = conn.execute(
+            f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE change_id = ? AND table_id = ?",
+            (change_id, table_id),
+        ).fetchone()
+        if row is None:
+            raise ChangeStateError(change_id, "unknown", "settled")
+        return _change(row)
+
+    # --- reading ---------------------------------------------------------------------
 
     @_translated
     def count_records(self, table_id: str) -> int:
@@ -613,18 +883,7 @@ class SqliteStore:
         )
         return None if row is None else dict(json.loads(row[0]))
 
-    @_translated
-    def edit_record(self, table_id: str, remote_id: str, fields: Mapping[str, Any]) -> None:
-        """Edit a record locally and flag it dirty."""
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO records (table_id, remote_id, fields, dirty) VALUES (?, ?, ?, 1) "
-                "ON CONFLICT (table_id, remote_id) DO UPDATE SET fields = excluded.fields, "
-                "dirty = 1",
-                (table_id, remote_id, _dumps(dict(fields))),
-            )
-
-    # --- export reads ----------------------------------------------------------------
+     # --- export reads ----------------------------------------------------------------
 
     @_translated
     def read_records(self, table_id: str, after: str | None, limit: int) -> list[RecordRow]:
@@ -680,3 +939,20 @@ def _count_seen(conn: sqlite3.Connection, table_id: str, job_id: str) -> int:
         "SELECT count(*) FROM records WHERE table_id = ? AND seen_by = ?", (table_id, job_id)
     ).fetchone()
     return int(row[0])
+
+
+def _change(row: Sequence[Any]) -> Change:
+    """A ``changes`` row (``_CHANGE_COLUMNS``) as a Change."""
+    return Change(
+        change_id=row[0],
+        seq=row[1],
+        table_id=row[2],
+        remote_id=row[3],
+        op=ChangeOp(row[4]),
+        fields=json.loads(row[5]),
+        base=None if row[6] is None else json.loads(row[6]),
+        state=ChangeState(row[7]),
+        error=row[8],
+        job_id=row[9],
+        updated_at=datetime.fromisoformat(row[10]),
+    )
