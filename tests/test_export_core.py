@@ -349,7 +349,7 @@ def _adding_fields(
                 passes.append(starts)
             if starts == 2 or (every_pass and starts > 2):
                 await asyncio.to_thread(
-                    store.edit_record, table_id, "r05", {"late": starts, f"late{starts}": "x"}
+                    store.update_record, table_id, "r05", {"late": starts, f"late{starts}": "x"}
                 )
         return await asyncio.to_thread(call, *args)
 
