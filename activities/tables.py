@@ -263,7 +263,6 @@ class TableWork(StoreCalls, ABC):
             await asyncio.gather(keepalive, shutdown, return_exceptions=True)
             await live.aclose()
 
-
     def load_table(self, input: TableTaskInput) -> tuple[Table, ConnectorAccount | None]:
         """The table (read config validated) and its account, of the workbook's organization.
 

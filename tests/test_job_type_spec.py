@@ -111,3 +111,4 @@ async def test_a_job_never_crosses_organizations(
         assert await enqueuer.backend.find(ref.job_id, ACTOR.organization_id) is not None
     finally:
         await enqueuer.cancel(ref.job_id, actor=ACTOR)
+        await enqueuer.wait(ref.job_id, actor=ACTOR)

@@ -351,7 +351,10 @@ class InProcessBackend:
         """Cancel running jobs and wait for them to release their locks."""
         tasks = [j.task for j in self._jobs.values() if j.task and not j.task.done()]
         for task in tasks:
-            task.cancel()
+            # A job cancelled already is releasing its locks: cancelling it again
+            # would abandon that release halfway.
+            if not task.cancelling():
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._deliveries is not None:
             await self._deliveries.drain(within=2.0)

@@ -906,7 +906,7 @@ class PostgresStore:
             ).fetchone()
         return None if row is None else dict(row[0])
 
-     # --- export reads ----------------------------------------------------------------
+    # --- export reads ----------------------------------------------------------------
 
     @_translated
     def read_records(self, table_id: str, after: str | None, limit: int) -> list[RecordRow]:

@@ -154,12 +154,18 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(method)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        store = args[0]
+        assert isinstance(store, SqliteStore)
+        with store._in_flight:
+            store._calls += 1
         try:
             return method(*args, **kwargs)
         except sqlite3.OperationalError as exc:
-            store = args[0]
-            assert isinstance(store, SqliteStore)
             raise StoreUnavailableError(store.url, str(exc)) from exc
+        finally:
+            with store._in_flight:
+                store._calls -= 1
+                store._in_flight.notify_all()
 
     return call
 
@@ -194,6 +200,10 @@ class SqliteStore:
         # One writer at a time inside this process: SQLite's own busy handler backs off
         # with sleeps of up to 100 ms, which ruins latency under concurrent writers.
         self._write_lock = threading.Lock()
+        # Calls running in other threads: close() waits for them, because closing a
+        # connection another thread is using crashes the interpreter.
+        self._in_flight = threading.Condition()
+        self._calls = 0
 
     # --- connections -----------------------------------------------------------------
 
@@ -266,8 +276,15 @@ class SqliteStore:
                     if name not in have:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
-    def close(self) -> None:
-        """Close every thread's connection."""
+    def close(self, wait: float = 30.0) -> None:
+        """Close every thread's connection, once calls in flight have returned.
+
+        A caller may give up on a store call running in a thread (an async task
+        cancelled around ``asyncio.to_thread``) while the call goes on; its connection
+        is closed only after it returns, or after ``wait`` seconds.
+        """
+        with self._in_flight:
+            self._in_flight.wait_for(lambda: self._calls == 0, timeout=wait)
         with self._all_lock:
             for conn in self._all:
                 conn.close()
@@ -883,7 +900,7 @@ class SqliteStore:
         )
         return None if row is None else dict(json.loads(row[0]))
 
-     # --- export reads ----------------------------------------------------------------
+    # --- export reads ----------------------------------------------------------------
 
     @_translated
     def read_records(self, table_id: str, after: str | None, limit: int) -> list[RecordRow]:
