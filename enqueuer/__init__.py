@@ -1,6 +1,7 @@
 """spinner-jobs public API: enqueue jobs of the registered job types and follow them."""
 
 from activities.export import ExportRecordsInput
+from activities.publish import PublishChangesInput
 from enqueuer.client import Enqueuer
 from enqueuer.jobtypes import JOB_TYPES
 from enqueuer.settings import Settings
@@ -49,6 +50,7 @@ __all__ = [
     "JobResult",
     "JobStats",
     "JobStatus",
+    "PublishChangesInput",
     "QueueFullError",
     "ServerSetupError",
     "Settings",

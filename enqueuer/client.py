@@ -51,6 +51,7 @@ from spinner_jobs.core.models import (
 from workflows.download_records import DOWNLOAD_RECORDS
 from workflows.export_records import EXPORT_RECORDS
 from workflows.jobtype import JobType
+from workflows.publish_changes import PUBLISH_CHANGES
 
 if TYPE_CHECKING:
     from spinner_jobs.store.base import HeldLock, Store
@@ -298,6 +299,25 @@ class Enqueuer:
         return await self.enqueue(
             DOWNLOAD_RECORDS,
             _table_job_fields(workbook_id, table_ids),
+            actor=actor,
+            options=_options(priority=priority, metadata=metadata),
+        )
+
+    async def enqueue_publish_changes_job(
+        self,
+        workbook_id: str,
+        actor: Actor | Mapping[str, Any],
+        table_ids: Sequence[str] | None = None,
+        on_conflict: str = "report",
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> JobRef:
+        """Enqueue a publish of the tables' local edits: see :meth:`enqueue`."""
+        fields = {**_table_job_fields(workbook_id, table_ids), "on_conflict": on_conflict}
+        return await self.enqueue(
+            PUBLISH_CHANGES,
+            fields,
             actor=actor,
             options=_options(priority=priority, metadata=metadata),
         )

@@ -16,6 +16,7 @@ from spinner_jobs.core.models import DEFAULT_PRIORITY, QueueSettings, RetryOptio
 from workflows.download_records import DOWNLOAD_RECORDS
 from workflows.export_records import EXPORT_RECORDS
 from workflows.jobtype import JobType
+from workflows.publish_changes import PUBLISH_CHANGES
 
 
 class JobTypeRegistry:
@@ -53,7 +54,7 @@ class JobTypeRegistry:
         return list(self._types)
 
 
-JOB_TYPES = JobTypeRegistry([DOWNLOAD_RECORDS, EXPORT_RECORDS])
+JOB_TYPES = JobTypeRegistry([DOWNLOAD_RECORDS, PUBLISH_CHANGES, EXPORT_RECORDS])
 """Every job type the engine runs. Adding one is one more entry here."""
 
 

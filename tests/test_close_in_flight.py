@@ -83,7 +83,10 @@ STORE_CHILD = textwrap.dedent(
     for round in range(40):
         store = SqliteStore(os.path.join(folder, "store.db"))
         store.migrate()
-        tables = [Table(id=f"t{i}", workbook_id="wb", name="t", connector="demo") for i in range(400)]
+        tables = [
+            Table(id=f"t{i}", workbook_id="wb", name="t", connector="demo")
+            for i in range(400)
+        ]
         store.put_workbook(Workbook(id="wb", organization_id="org", name="wb", tables=tables))
         ids = [t.id for t in tables]
         store.lock_tables(ids, "job")
