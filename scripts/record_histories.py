@@ -23,12 +23,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from enqueuer import Actor  # noqa: E402
+from enqueuer.client import Enqueuer  # noqa: E402
 from enqueuer.logs import configure_logging  # noqa: E402
 from enqueuer.settings import Settings  # noqa: E402
 from spinner_jobs.connectors.registry import default_connectors  # noqa: E402
 from spinner_jobs.core import wire  # noqa: E402
-from spinner_jobs.core.models import Table, Workbook  # noqa: E402
+from spinner_jobs.core.models import JobRef, Table, Workbook  # noqa: E402
 from spinner_jobs.shell.devserver import temporal_cli  # noqa: E402
+from spinner_jobs.shell.sample_api import Fault, SampleApi, SampleTable  # noqa: E402
 from spinner_jobs.store.sqlite import SqliteStore  # noqa: E402
 from tests.helpers import eventually, temporal_enqueuer  # noqa: E402
 
@@ -69,7 +71,7 @@ async def main() -> None:
         )
     )
     actor = Actor(user_id="u_1", organization_id="org_1")
-    connectors = default_connectors()
+    connectors = default_connectors(http_allowed_networks=["127.0.0.0/8"])  # the sample source
     async with temporal_enqueuer(env.client, settings, store, connectors) as enqueuer:
         failed = await enqueuer.enqueue_download_records_job(
             "wb_replay", actor, ["ok", "flaky", "broken"]
@@ -91,10 +93,12 @@ async def main() -> None:
             "wb_replay", actor, ["ok", "flaky"], "jsonl"
         )
         await enqueuer.wait(exported.job_id, actor=actor)
+        published = await _publish(enqueuer, store, actor)
         recorded = {
             "download-records-failed-and-retried": failed,
             "download-records-cancelled": cancelled,
             "export-records-completed": exported,
+            "publish-changes-retried": published,
         }
         for name, ref in recorded.items():
             path = OUT / f"{name}.json"
@@ -106,6 +110,41 @@ async def main() -> None:
             print(f"recorded {name}: {ref.job_id}")
     await connectors.aclose()
     await env.shutdown()
+
+
+async def _publish(enqueuer: Enqueuer, store: SqliteStore, actor: Actor) -> JobRef:
+    """A publish of three edits to a writable loopback source that fails once."""
+    records = "/tables/people/records"
+    write = {
+        "create": {"method": "POST", "path": records},
+        "update": {"method": "PATCH", "path": records + "/{id}"},
+        "delete": {"method": "DELETE", "path": records + "/{id}"},
+        "read": {"path": records + "/{id}"},
+        "version_field": "version",
+    }
+    api = SampleApi({"people": SampleTable(records=4, writable=True)})
+    api.start()
+    table = Table(
+        id="people",
+        workbook_id="wb_publish",
+        name="people",
+        connector="http",
+        config=api.config("people", write=write),
+    )
+    store.put_workbook(
+        Workbook(id="wb_publish", organization_id="org_1", name="publish", tables=[table])
+    )
+    download = await enqueuer.enqueue_download_records_job("wb_publish", actor)
+    await enqueuer.wait(download.job_id, actor=actor)
+    [first, second, *_] = store.record_ids("people")
+    store.update_record("people", first, {"name": "edited"})
+    store.delete_record("people", second)
+    store.create_record("people", {"name": "new"})
+    api.inject(Fault(status=503, method="PATCH"))
+    published = await enqueuer.enqueue_publish_changes_job("wb_publish", actor)
+    await enqueuer.wait(published.job_id, actor=actor)
+    api.stop()
+    return published
 
 
 if __name__ == "__main__":

@@ -34,4 +34,5 @@ def test_there_are_histories_to_replay() -> None:
         "download-records-failed-and-retried",
         "download-records-cancelled",
         "export-records-completed",
+        "publish-changes-retried",
     }
