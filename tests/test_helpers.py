@@ -59,3 +59,15 @@ async def test_other_errors_are_not_retried() -> None:
     with pytest.raises(KeyError):
         await eventually(broken, within=5, interval=0.01)
     assert len(calls) == 1
+
+
+def test_the_sdks_cancel_race_warning_does_not_stop_a_test_worker() -> None:
+    """Warnings are errors in the suite, but not this one.
+
+    The SDK's activity poller warns when a cancel reaches an activity that has just
+    finished; raised as an error inside the poller it shut a test's worker down (seen
+    once under load), which a production worker never does.
+    """
+    import warnings
+
+    warnings.warn("Cannot find activity to cancel for token b'...'", UserWarning, stacklevel=1)
