@@ -48,10 +48,7 @@ from spinner_jobs.core.models import (
     TableJobInput,
     TableStatus,
 )
-from workflows.download_records import DOWNLOAD_RECORDS
-from workflows.export_records import EXPORT_RECORDS
 from workflows.jobtype import JobType
-from workflows.publish_changes import PUBLISH_CHANGES
 
 if TYPE_CHECKING:
     from spinner_jobs.store.base import HeldLock, Store
@@ -297,7 +294,7 @@ class Enqueuer:
         ``metadata`` are its options. Raises as :meth:`enqueue` does.
         """
         return await self.enqueue(
-            DOWNLOAD_RECORDS,
+            "download-records",
             _table_job_fields(workbook_id, table_ids),
             actor=actor,
             options=_options(priority=priority, metadata=metadata),
@@ -316,7 +313,7 @@ class Enqueuer:
         """Enqueue a publish of the tables' local edits: see :meth:`enqueue`."""
         fields = {**_table_job_fields(workbook_id, table_ids), "on_conflict": on_conflict}
         return await self.enqueue(
-            PUBLISH_CHANGES,
+            "publish-changes",
             fields,
             actor=actor,
             options=_options(priority=priority, metadata=metadata),
@@ -335,7 +332,7 @@ class Enqueuer:
         """Enqueue an export of the tables to files (``csv`` or ``jsonl``): see :meth:`enqueue`."""
         fields = {**_table_job_fields(workbook_id, table_ids), "format": format}
         return await self.enqueue(
-            EXPORT_RECORDS,
+            "export-records",
             fields,
             actor=actor,
             options=_options(priority=priority, metadata=metadata),
