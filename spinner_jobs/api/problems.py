@@ -247,7 +247,11 @@ async def validation_error_handler(request: Request, exc: Exception) -> Response
     """A request that does not fit its models: 422, naming the first offending field."""
     assert isinstance(exc, RequestValidationError)
     problems = [
-        {"field": _field(error.get("loc", ())), "message": str(error.get("msg", "invalid"))}
+        {
+            # A body that is not JSON at all: its location is a character position.
+            "field": "body" if error.get("type") == "json_invalid" else _field(error["loc"]),
+            "message": str(error.get("msg", "invalid")),
+        }
         for error in exc.errors()
     ]
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
