@@ -28,7 +28,7 @@ from enqueuer.settings import ApiSettings, Settings
 from enqueuer.wiring import work_parts
 from spinner_jobs.api import ApiServer, create_api_key, create_app
 from spinner_jobs.connectors.registry import ConnectorRegistry
-from spinner_jobs.core.models import JobStatus
+from spinner_jobs.core.models import Backend, JobStatus
 from spinner_jobs.store.base import Store
 from spinner_jobs.store.postgres import PostgresStore
 from spinner_jobs.store.sqlite import SqliteStore
@@ -552,6 +552,14 @@ async def test_jobs_are_listed_newest_first_with_filters_and_pages(api: Api, mak
     assert [j["job_id"] for j in by_status["jobs"]] == [running["job_id"]]
     by_type = (await api.http.get("/v1/jobs", params={"job_type": "export-records"})).json()
     assert by_type["jobs"] == []
+    # A filter cannot change the visibility query: quotes are refused on Temporal (and
+    # match nothing in-process).
+    sneaky = await api.http.get("/v1/jobs", params={"workbook_id": 'x" OR WorkflowType != "'})
+    if api.enqueuer.backend.kind == Backend.TEMPORAL:
+        assert sneaky.status_code == 422, sneaky.text
+        assert sneaky.json()["field"] == "workbook_id"
+    else:
+        assert sneaky.json()["jobs"] == []
     seen = []
     token = None
     while True:
