@@ -100,6 +100,7 @@ async def engine_run(
     )
     env = {
         **os.environ,
+        "SPINNER_SERVICE_TYPE": "worker",  # no HTTP API in the measured process
         "SPINNER_TEMPORAL_ADDRESS": address,
         "SPINNER_TEMPORAL_TASK_QUEUE": task_queue,
         "SPINNER_DATABASE_URL": db_url,

@@ -42,6 +42,7 @@ from spinner_jobs.core.models import (
     JobSpec,
     JobStats,
     JobStatus,
+    JobSummary,
     JobWorkflowInput,
     LockPolicy,
     RetryOptions,
@@ -528,6 +529,59 @@ class Enqueuer:
         queue = queues.pop() if len(queues) == 1 else None
         return await self.backend.stats(JOB_TYPES.names, queue, organization_id)
 
+    async def list_jobs(
+        self,
+        organization_id: str,
+        *,
+        workbook_id: str | None = None,
+        status: JobStatus | str | None = None,
+        job_type: str | JobType | None = None,
+        page_token: str | None = None,
+        page_size: int = 50,
+    ) -> tuple[list[JobSummary], str | None]:
+        """One page of the organization's jobs: running ones first, then the latest closed.
+
+        On Temporal the listing comes from visibility (a moment behind, like
+        :meth:`stats`); in-process it covers the jobs this process ran and kept.
+
+        Args:
+            organization_id: whose jobs (only theirs are ever listed).
+            workbook_id: only jobs of this workbook.
+            status: only jobs in this status (``failed`` includes terminated and
+                timed-out jobs).
+            job_type: only jobs of this job type; None for every registered one.
+            page_token: the token a previous page returned; None for the first page.
+            page_size: jobs per page, 1 to :data:`MAX_PAGE_SIZE`.
+
+        Returns:
+            The page's jobs and the next page's token (None after the last page).
+
+        Raises:
+            InvalidJobError: a filter, the page size or the page token is invalid.
+            UnknownJobTypeError: ``job_type`` is not registered.
+
+        """
+        if not isinstance(organization_id, str) or not organization_id.strip():
+            raise InvalidJobError("organization_id", "must be a non-empty string")
+        types = [JOB_TYPES.get(job_type).name] if job_type is not None else JOB_TYPES.names
+        if workbook_id is not None and not workbook_id.strip():
+            raise InvalidJobError("workbook_id", "must not be empty; leave it out for all")
+        try:
+            wanted = JobStatus(status) if status is not None else None
+        except ValueError:
+            known = ", ".join(s.value for s in JobStatus)
+            raise InvalidJobError("status", f"{status!r} is not one of {known}") from None
+        if isinstance(page_size, bool) or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidJobError("page_size", f"must be from 1 to {MAX_PAGE_SIZE}")
+        return await self.backend.list_jobs(
+            organization_id,
+            job_types=list(types),
+            workbook_id=workbook_id,
+            status=wanted,
+            page_token=page_token,
+            page_size=page_size,
+        )
+
     async def cancel(self, job_id: str, *, actor: Actor | Mapping[str, Any]) -> None:
         """Stop the job; its table locks are released.
 
@@ -637,6 +691,9 @@ def _priority(priority: object) -> int:
 
 MAX_DELAY = timedelta(days=30)
 """Longest ``options.delay``."""
+
+MAX_PAGE_SIZE = 500
+"""Most jobs one :meth:`Enqueuer.list_jobs` page holds."""
 
 
 def caller_job_id(job_type: str, organization_id: str, key: str) -> str:

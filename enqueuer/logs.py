@@ -68,6 +68,9 @@ def configure_logging(
     root.setLevel(level.upper())
     # httpx logs every request at info; keep it for debugging only.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The HTTP API logs its own start, stop and requests (spinner_jobs.api); uvicorn's
+    # info lines would repeat them.
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
 
 
 _TEMPORAL_KEYS = ("workflow_id", "run_id", "activity_type", "attempt")

@@ -22,11 +22,11 @@ from spinner_jobs.core.models import QueueSettings
 
 
 class ServiceType(StrEnum):
-    """What a process started with ``spinner-jobs worker`` does."""
+    """What a ``spinner-jobs api``, ``worker`` or ``dev`` process runs."""
 
-    FRONTEND = "frontend"  # enqueue only; no worker
-    WORKER = "worker"  # process jobs only
-    MONOLITH = "monolith"  # both in one process
+    FRONTEND = "frontend"  # the HTTP API (enqueue and follow jobs); no worker
+    WORKER = "worker"  # process jobs only; no API
+    MONOLITH = "monolith"  # API and worker in one process
 
 
 class _Section(BaseModel):
@@ -125,6 +125,27 @@ class CodecServerSettings(_Section):
     )
 
 
+class ApiSettings(_Section):
+    """The HTTP API (``spinner-jobs api``): where it listens and its limits."""
+
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Its port (0: any free port).")
+    max_body_bytes: int = Field(
+        256 * 1024, ge=1024, description="Largest request body; larger ones get 413."
+    )
+    max_streams_per_key: int = Field(
+        10, ge=1, description="Open event streams (SSE) per API key; one more gets 429."
+    )
+    sse_heartbeat: timedelta = Field(
+        timedelta(seconds=15),
+        description="A comment line on an idle event stream this often, so proxies keep it.",
+    )
+    shutdown_timeout: timedelta = Field(
+        timedelta(seconds=10),
+        description="On SIGTERM, how long in-flight requests may take before they are cut.",
+    )
+
+
 class Settings(BaseSettings):
     """All configuration of spinner-jobs, from ``SPINNER_*`` environment variables."""
 
@@ -174,6 +195,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     webhook: WebhookSettings = WebhookSettings()
     codec: CodecServerSettings = CodecServerSettings()
+    api: ApiSettings = ApiSettings()
     job_types: dict[str, QueueSettings] = Field(
         default_factory=dict,
         description="Queue settings per job type, as JSON over the job type's defaults "

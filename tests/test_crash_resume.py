@@ -82,6 +82,7 @@ async def test_sigkilled_worker_is_replaced_and_the_table_resumes_exactly(
     )
     env = {
         **os.environ,
+        "SPINNER_SERVICE_TYPE": "worker",  # a monolith would also serve the HTTP API
         "SPINNER_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "SPINNER_TEMPORAL_TASK_QUEUE": settings.temporal.task_queue,
         "SPINNER_DATABASE_URL": f"sqlite:///{db}",

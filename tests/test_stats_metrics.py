@@ -299,6 +299,7 @@ async def test_stats_count_only_the_workers_that_are_alive(
 ) -> None:
     env = {
         **os.environ,
+        "SPINNER_SERVICE_TYPE": "worker",  # three monoliths would race for the API port
         "SPINNER_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "SPINNER_TEMPORAL_TASK_QUEUE": settings.temporal.task_queue,
         "SPINNER_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",

@@ -13,6 +13,8 @@ from spinner_jobs.core.models import (
     JobRef,
     JobResult,
     JobStats,
+    JobStatus,
+    JobSummary,
     JobWorkflowInput,
 )
 from workflows.jobtype import JobType
@@ -100,6 +102,35 @@ class JobBackend(Protocol):
             job_types: the job types counted.
             task_queue: the queue whose backlog and workers are measured (Temporal).
             organization_id: only this organization's jobs; None for all.
+
+        """
+        ...
+
+    async def list_jobs(
+        self,
+        organization_id: str,
+        *,
+        job_types: list[str],
+        workbook_id: str | None = None,
+        status: JobStatus | None = None,
+        page_token: str | None = None,
+        page_size: int = 50,
+    ) -> tuple[list[JobSummary], str | None]:
+        """One page of the organization's jobs, running ones first, then the most recently closed.
+
+        Args:
+            organization_id: whose jobs.
+            job_types: only jobs of these types.
+            workbook_id: only jobs of this workbook.
+            status: only jobs in this status (failed includes terminated and timed out).
+            page_token: where the previous page ended; None for the first page.
+            page_size: at most this many jobs.
+
+        Returns:
+            The jobs, and the token of the next page (None after the last one).
+
+        Raises:
+            InvalidJobError: a filter value or the page token is not valid.
 
         """
         ...

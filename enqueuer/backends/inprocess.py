@@ -9,7 +9,10 @@ event loop, so they end with the process: use Temporal for durability.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import json
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,7 +31,12 @@ from enqueuer.backends.base import HolderState, JobIdTakenError, StartRequest
 from enqueuer.jobtypes import JOB_TYPES, queue_config
 from enqueuer.settings import Settings
 from enqueuer.stats import DEFAULT_SAMPLE, job_stats
-from spinner_jobs.core.errors import JobAlreadyClosedError, JobNotFoundError, StoreUnavailableError
+from spinner_jobs.core.errors import (
+    InvalidJobError,
+    JobAlreadyClosedError,
+    JobNotFoundError,
+    StoreUnavailableError,
+)
 from spinner_jobs.core.models import (
     Backend,
     JobEvent,
@@ -37,6 +45,7 @@ from spinner_jobs.core.models import (
     JobResult,
     JobStats,
     JobStatus,
+    JobSummary,
     JobWorkflowInput,
     ReleaseLocksInput,
     ReleaseLocksResult,
@@ -121,6 +130,8 @@ class _Job:
     live: dict[str, tuple[TableCheckpoint, int]] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     result: JobResult | None = None
+    user_id: str | None = None
+    enqueued_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class InProcessBackend:
@@ -172,7 +183,7 @@ class InProcessBackend:
             table_ids=input.table_ids,
             backend=self.kind,
         )
-        job = _Job(run=JobRun(input, ops), ref=ref, live=live)
+        job = _Job(run=JobRun(input, ops), ref=ref, live=live, user_id=input.job.actor.user_id)
         delay = request.delay.total_seconds() if request.delay else 0.0
         job.task = asyncio.create_task(self._run(job, delay), name=f"job:{input.job_id}")
         self._jobs[input.job_id] = job
@@ -347,6 +358,56 @@ class InProcessBackend:
             queue_depth=running,
         )
 
+    async def list_jobs(
+        self,
+        organization_id: str,
+        *,
+        job_types: list[str],
+        workbook_id: str | None = None,
+        status: JobStatus | None = None,
+        page_token: str | None = None,
+        page_size: int = 50,
+    ) -> tuple[list[JobSummary], str | None]:
+        """One page of this process's jobs of the organization, in visibility's order.
+
+        Running jobs first (newest enqueue first), then closed ones (most recently
+        closed first), as on Temporal. The page token is the sort key of the page's
+        last job, so a job that closes meanwhile is neither repeated nor skipped twice.
+        """
+        after = _list_key_of_token(page_token) if page_token is not None else None
+        listed: list[tuple[tuple[int, float, str], JobSummary]] = []
+        for job in self._jobs.values():
+            summary = self._summary(job)
+            if (
+                job.run.organization_id != organization_id
+                or summary.job_type not in job_types
+                or (workbook_id is not None and summary.workbook_id != workbook_id)
+                or (status is not None and summary.status != status)
+            ):
+                continue
+            key = _list_key(summary)
+            if after is None or key > after:
+                listed.append((key, summary))
+        listed.sort(key=lambda pair: pair[0])
+        page = listed[:page_size]
+        token = None
+        if len(listed) > page_size:
+            raw = json.dumps(list(page[-1][0]), separators=(",", ":")).encode()
+            token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return [summary for _, summary in page], token
+
+    def _summary(self, job: _Job) -> JobSummary:
+        result = job.result
+        return JobSummary(
+            job_id=job.ref.job_id,
+            job_type=job.ref.job_type,
+            workbook_id=job.ref.workbook_id,
+            user_id=job.user_id,
+            status=result.status if result is not None else JobStatus.RUNNING,
+            started_at=job.enqueued_at,
+            finished_at=result.progress.finished_at if result is not None else None,
+        )
+
     async def aclose(self) -> None:
         """Cancel running jobs and wait for them to release their locks."""
         tasks = [j.task for j in self._jobs.values() if j.task and not j.task.done()]
@@ -358,6 +419,23 @@ class InProcessBackend:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._deliveries is not None:
             await self._deliveries.drain(within=2.0)
+
+
+def _list_key(job: JobSummary) -> tuple[int, float, str]:
+    """Sort key of a listing: running first, newest first, then by id."""
+    if job.status == JobStatus.RUNNING or job.finished_at is None:
+        at = job.started_at or datetime.min.replace(tzinfo=UTC)
+        return (0, -at.timestamp(), job.job_id)
+    return (1, -job.finished_at.timestamp(), job.job_id)
+
+
+def _list_key_of_token(token: str) -> tuple[int, float, str]:
+    """The sort key a page token carries (InvalidJobError for anything else)."""
+    try:
+        rank, at, job_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        return (int(rank), float(at), str(job_id))
+    except (binascii.Error, ValueError, TypeError):
+        raise InvalidJobError("page_token", "is not a token this API gave out") from None
 
 
 class _LocalOps:

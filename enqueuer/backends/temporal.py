@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import time
 from collections.abc import Awaitable
@@ -37,6 +39,7 @@ from enqueuer.stats import temporal_stats
 from spinner_jobs.core import wire
 from spinner_jobs.core.errors import (
     EnqueueConnectionError,
+    InvalidJobError,
     JobAlreadyClosedError,
     JobBackendError,
     JobNotFoundError,
@@ -50,6 +53,7 @@ from spinner_jobs.core.models import (
     JobResult,
     JobStats,
     JobStatus,
+    JobSummary,
     JobWorkflowInput,
     TableCheckpoint,
     TableStatus,
@@ -431,6 +435,68 @@ class TemporalBackend:
             )
         )
 
+    async def list_jobs(
+        self,
+        organization_id: str,
+        *,
+        job_types: list[str],
+        workbook_id: str | None = None,
+        status: JobStatus | None = None,
+        page_token: str | None = None,
+        page_size: int = 50,
+    ) -> tuple[list[JobSummary], str | None]:
+        """One page of the organization's jobs from visibility (a moment behind, like stats).
+
+        The order is visibility's: running jobs first (newest start first), then closed
+        ones, most recently closed first. The page token is the server's, base64url.
+        """
+        clauses = [
+            f"WorkflowType IN ({', '.join(_literal(t, 'job_type') for t in job_types)})",
+            f"{wire.SA_ORGANIZATION_ID.name} = {_literal(organization_id, 'organization_id')}",
+        ]
+        if workbook_id is not None:
+            clauses.append(f"{wire.SA_WORKBOOK_ID.name} = {_literal(workbook_id, 'workbook_id')}")
+        if status is not None:
+            either = " OR ".join(f'ExecutionStatus = "{s}"' for s in _VISIBILITY_STATUSES[status])
+            clauses.append(f"({either})")
+        token = None
+        if page_token is not None:
+            try:
+                token = base64.urlsafe_b64decode(page_token + "=" * (-len(page_token) % 4))
+            except (binascii.Error, ValueError):
+                token = None
+            if not token:
+                raise InvalidJobError("page_token", "is not a token this API gave out")
+        client = await self.client()
+        listing = client.list_workflows(
+            " AND ".join(clauses),
+            page_size=page_size,
+            next_page_token=token,
+            rpc_timeout=self._timeout,
+        )
+        try:
+            await self._bounded(listing.fetch_next_page())
+        except JobBackendError as exc:
+            if token is not None and exc.status == RPCStatusCode.INVALID_ARGUMENT.name:
+                raise InvalidJobError("page_token", "is not a token this API gave out") from exc
+            raise
+        jobs = [
+            JobSummary(
+                job_id=execution.id,
+                job_type=execution.workflow_type,
+                workbook_id=execution.typed_search_attributes.get(wire.SA_WORKBOOK_ID) or "",
+                user_id=execution.typed_search_attributes.get(wire.SA_USER_ID),
+                status=_JOB_STATUSES.get(
+                    execution.status or WorkflowExecutionStatus.RUNNING, JobStatus.FAILED
+                ),
+                started_at=execution.start_time,
+                finished_at=execution.close_time,
+            )
+            for execution in listing.current_page or []
+        ]
+        following = listing.next_page_token
+        return jobs, base64.urlsafe_b64encode(following).decode().rstrip("=") if following else None
+
     async def aclose(self) -> None:
         """Let go of the client (the SDK has no explicit close; see enqueuer.exits)."""
         self.release_client()
@@ -439,3 +505,32 @@ class TemporalBackend:
         """Drop a client this backend connected itself; the next call connects again."""
         if self._owns_client:
             self._client = None
+
+
+# A job's status as visibility filters it: failed covers every unsuccessful close but cancel.
+_VISIBILITY_STATUSES = {
+    JobStatus.RUNNING: ("Running",),
+    JobStatus.COMPLETED: ("Completed",),
+    JobStatus.FAILED: ("Failed", "Terminated", "TimedOut"),
+    JobStatus.CANCELLED: ("Canceled",),
+}
+_JOB_STATUSES = {
+    WorkflowExecutionStatus.RUNNING: JobStatus.RUNNING,
+    WorkflowExecutionStatus.COMPLETED: JobStatus.COMPLETED,
+    WorkflowExecutionStatus.CANCELED: JobStatus.CANCELLED,
+}
+
+
+def _literal(value: str, field: str) -> str:
+    """``value`` as a double-quoted visibility literal.
+
+    Raises:
+        InvalidJobError: the value holds a double quote, a backslash or a control character
+            (no id the engine makes does; refusing them keeps the query unambiguous).
+
+    """
+    if any(c in value for c in '"\\') or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidJobError(
+            field, "must not contain double quotes, backslashes or control characters"
+        )
+    return f'"{value}"'

@@ -597,3 +597,32 @@ class JobStats(_Model):
         None, description="Distinct worker identities polling the task queue (Temporal only)."
     )
     measured_at: datetime
+
+
+# --- listings and API keys (the HTTP API) ------------------------------------------------
+
+
+class JobSummary(_Model):
+    """One job as a listing shows it (``Enqueuer.list_jobs``): no per-table progress."""
+
+    job_id: str
+    job_type: str
+    workbook_id: str
+    user_id: str | None = Field(None, description="Who enqueued it, when the backend knows.")
+    status: JobStatus = Field(
+        description="running, completed, failed (terminated and timed out count as failed) "
+        "or cancelled."
+    )
+    started_at: datetime | None = Field(None, description="When the job was enqueued.")
+    finished_at: datetime | None = Field(None, description="When it closed; None while running.")
+
+
+class ApiKey(_Model):
+    """An HTTP API key of one organization, as stored: its hash, never the key itself."""
+
+    id: NonEmptyStr = Field(description="Public part of the key (``sj_<id>_<secret>``).")
+    organization_id: NonEmptyStr
+    name: NonEmptyStr = Field(description="What the key is for (a service's name).")
+    key_hash: str = Field(repr=False, description="SHA-256 (hex) of the whole key.")
+    created_at: datetime
+    revoked_at: datetime | None = None

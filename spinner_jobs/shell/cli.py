@@ -86,11 +86,16 @@ async def _stop_on_signals() -> asyncio.Event:
 
 @app.command()
 def worker() -> None:
-    """Run a worker (SPINNER_SERVICE_TYPE=worker or monolith) until Ctrl-C / SIGTERM."""
+    """Run a worker until Ctrl-C / SIGTERM (monolith: with the HTTP API in the same process).
+
+    SPINNER_SERVICE_TYPE=worker runs the worker alone; monolith (the default) also
+    serves the HTTP API; frontend refuses (use `spinner-jobs api`).
+    """
     settings = _settings()
     if settings.service_type == ServiceType.FRONTEND:
         raise typer.BadParameter(
-            "SPINNER_SERVICE_TYPE=frontend only enqueues; use worker or monolith to process jobs"
+            "SPINNER_SERVICE_TYPE=frontend runs no worker; use `spinner-jobs api`, or set "
+            "worker or monolith to process jobs"
         )
     _run(_worker(settings))
 
@@ -98,7 +103,7 @@ def worker() -> None:
 async def _worker(settings: Settings) -> None:
     from enqueuer.backends.temporal import TemporalBackend
     from spinner_jobs.shell.devserver import ensure_search_attributes
-    from spinner_jobs.worker.main import run_worker, tune_gc
+    from spinner_jobs.worker.main import tune_gc
     from spinner_jobs.worker.metrics import metrics_runtime
 
     stop = await _stop_on_signals()
@@ -108,18 +113,22 @@ async def _worker(settings: Settings) -> None:
     ).client()
     await ensure_search_attributes(client)
     tune_gc()
-    await run_worker(settings, client, stop)
+    await _serve(settings, stop, client)
 
 
 @app.command()
 def dev() -> None:
-    """Start the Temporal dev server (Web UI on :8233, SQLite in the data folder) and a worker."""
+    """Start the Temporal dev server (Web UI on :8233, SQLite in the data folder) and a worker.
+
+    With SPINNER_SERVICE_TYPE=monolith (the default) the HTTP API runs too; frontend
+    runs the API without a worker, worker the worker without an API.
+    """
     settings = _settings()
     _run(_dev(settings))
 
 
 async def _dev(settings: Settings) -> None:
-    from spinner_jobs.worker.main import run_worker, tune_gc
+    from spinner_jobs.worker.main import tune_gc
     from spinner_jobs.worker.metrics import metrics_runtime
 
     stop = await _stop_on_signals()
@@ -135,7 +144,7 @@ async def _dev(settings: Settings) -> None:
         ) as client:
             console.print(f"Web UI: {settings.temporal.ui_url}   (Ctrl-C stops everything)")
             tune_gc()
-            await run_worker(settings, client, stop)
+            await _serve(settings, stop, client)
     finally:
         if codec_server is not None:
             codec_server.stop()
@@ -190,6 +199,175 @@ async def _temporal_server(
         if server is not None:
             console.print("Stopping the Temporal dev server")
             server.stop()
+
+
+# --- the HTTP API ------------------------------------------------------------------------
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API on SPINNER_API_HOST:SPINNER_API_PORT until Ctrl-C / SIGTERM.
+
+    SPINNER_SERVICE_TYPE=frontend serves the API alone; monolith (the default) runs a
+    worker in the same process; worker refuses (it runs no API). On SIGTERM the API
+    stops accepting connections, ends event streams and lets in-flight requests finish.
+    """
+    settings = _settings()
+    if settings.service_type == ServiceType.WORKER:
+        raise typer.BadParameter(
+            "SPINNER_SERVICE_TYPE=worker runs no API; set frontend (API only) or monolith "
+            "(API and worker), or run `spinner-jobs worker`"
+        )
+    _run(_api(settings))
+
+
+async def _api(settings: Settings) -> None:
+    stop = await _stop_on_signals()
+    if settings.service_type == ServiceType.MONOLITH and settings.use_jobs:
+        await _worker_and_api(settings, stop)
+    else:
+        await _serve(settings, stop, None)
+
+
+async def _worker_and_api(settings: Settings, stop: asyncio.Event) -> None:
+    from enqueuer.backends.temporal import TemporalBackend
+    from spinner_jobs.shell.devserver import ensure_search_attributes
+    from spinner_jobs.worker.main import tune_gc
+    from spinner_jobs.worker.metrics import metrics_runtime
+
+    client = await TemporalBackend(
+        settings.temporal,
+        settings.enqueue_timeout,
+        runtime=metrics_runtime(settings.metrics_port),
+        codec=_codec(settings),
+    ).client()
+    await ensure_search_attributes(client)
+    tune_gc()
+    await _serve(settings, stop, client)
+
+
+async def _serve(settings: Settings, stop: asyncio.Event, client: Client | None) -> None:
+    """Run what SPINNER_SERVICE_TYPE says, the worker (on ``client``) and/or the API, until stop.
+
+    The API listens before the worker starts, so a taken port fails at once; either
+    one ending (or failing) stops the other.
+    """
+    from enqueuer.backends.temporal import TemporalBackend
+    from spinner_jobs.api import ApiServer, create_app
+    from spinner_jobs.store import open_store
+    from spinner_jobs.worker.main import run_worker
+
+    kind = settings.service_type
+    with_worker = kind != ServiceType.FRONTEND and client is not None
+    if kind == ServiceType.WORKER:
+        assert client is not None
+        await run_worker(settings, client, stop)
+        return
+    store = open_store(settings.store_url, secret_key=settings.secret_key)
+    enqueuer = (
+        Enqueuer(
+            settings,
+            store,
+            TemporalBackend(settings.temporal, settings.enqueue_timeout, client=client),
+        )
+        if client is not None
+        else Enqueuer.from_settings(settings, store)
+    )
+    server = ApiServer(create_app(settings, enqueuer, store), settings.api)
+    try:
+        url = await server.start()
+        console.print(f"HTTP API on {url} (OpenAPI: {url}/docs; keys: spinner-jobs api-key create)")
+
+        async def worker_then_stop() -> None:
+            try:
+                if with_worker:
+                    assert client is not None
+                    await run_worker(settings, client, stop)
+                else:
+                    await stop.wait()
+            finally:
+                stop.set()
+
+        async def api_until_stop() -> None:
+            await stop.wait()
+            await server.stop()
+
+        outcomes = await asyncio.gather(
+            worker_then_stop(), api_until_stop(), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+    finally:
+        await server.stop()
+        await enqueuer.aclose()
+        store.close()
+
+
+api_key_app = typer.Typer(
+    help="HTTP API keys: each acts for one organization; shown once, stored as a hash.",
+    no_args_is_help=True,
+)
+app.add_typer(api_key_app, name="api-key")
+
+
+@api_key_app.command("create")
+def api_key_create(
+    org: Annotated[str, typer.Option(help="Organization the key acts for.")],
+    name: Annotated[str, typer.Option(help="What the key is for (e.g. the service's name).")],
+) -> None:
+    """Create a key and print it (on stdout, this once: only its hash is stored)."""
+    from spinner_jobs.api import create_api_key
+
+    settings = _settings()
+    with _open_store(settings) as store:
+        record, key = create_api_key(store, org, name)
+    typer.echo(key)
+    typer.echo(
+        f"API key {record.id} of {org} ({name}); shown only now: keep it in your secret store",
+        err=True,
+    )
+
+
+@api_key_app.command("list")
+def api_key_list(
+    org: Annotated[str | None, typer.Option(help="Only this organization's keys.")] = None,
+) -> None:
+    """List keys: ids, organizations, names, when created and revoked (never the keys)."""
+    settings = _settings()
+    with _open_store(settings) as store:
+        keys = store.list_api_keys(org)
+    table = RichTable(title="HTTP API keys")
+    for column in ("id", "organization", "name", "created", "revoked"):
+        table.add_column(column)
+    for k in keys:
+        table.add_row(
+            k.id,
+            k.organization_id,
+            k.name,
+            k.created_at.isoformat(timespec="seconds"),
+            k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-",
+        )
+    console.print(table)
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see `api-key list`) or the key.")],
+) -> None:
+    """Revoke a key: requests with it are refused (401) from now on."""
+    from datetime import UTC, datetime
+
+    from spinner_jobs.api.keys import key_id_of
+
+    settings = _settings()
+    wanted = key_id_of(key_id) or key_id
+    with _open_store(settings) as store:
+        revoked = store.revoke_api_key(wanted, datetime.now(UTC))
+    if revoked is None:
+        raise typer.BadParameter(f"no API key {wanted!r}; see `spinner-jobs api-key list`")
+    log.info("api_key_revoked", api_key_id=revoked.id, organization_id=revoked.organization_id)
+    console.print(f"API key {revoked.id} of {revoked.organization_id} ({revoked.name}) revoked")
 
 
 # --- the main demo -------------------------------------------------------------------

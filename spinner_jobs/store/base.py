@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from spinner_jobs.core.changes import Change, ChangeState
 from spinner_jobs.core.models import (
     AccountSummary,
+    ApiKey,
     ConnectorAccount,
     RecordRow,
     TableCheckpoint,
@@ -325,6 +326,28 @@ class Store(Protocol):
 
     def get_record(self, table_id: str, remote_id: str) -> Mapping[str, Any] | None:
         """A record's fields, or None."""
+        ...
+
+    # --- HTTP API keys (spinner_jobs.api) ---------------------------------------------
+
+    def put_api_key(self, key: ApiKey) -> bool:
+        """Store a new API key (its hash only).
+
+        Returns:
+            False, and nothing is written, when a key with the same id exists.
+        """
+        ...
+
+    def get_api_key(self, key_id: str) -> ApiKey | None:
+        """The key with this id (revoked or not), or None."""
+        ...
+
+    def list_api_keys(self, organization_id: str | None = None) -> list[ApiKey]:
+        """Keys of one organization (or all), oldest first."""
+        ...
+
+    def revoke_api_key(self, key_id: str, revoked_at: datetime) -> ApiKey | None:
+        """Revoke the key (a second revocation keeps the first time); None if unknown."""
         ...
 
     # --- export reads -----------------------------------------------------------------

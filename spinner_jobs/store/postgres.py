@@ -53,6 +53,7 @@ from spinner_jobs.core.errors import (
 )
 from spinner_jobs.core.models import (
     AccountSummary,
+    ApiKey,
     ConnectorAccount,
     RecordRow,
     Table,
@@ -141,6 +142,15 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS changes_record ON changes (table_id, remote_id, seq)",
     "CREATE INDEX IF NOT EXISTS changes_state ON changes (table_id, state, seq)",
+    # HTTP API keys: the SHA-256 hex of the whole key; the key itself is never stored.
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        id text PRIMARY KEY,
+        organization_id text NOT NULL,
+        name text NOT NULL,
+        key_hash text NOT NULL,
+        created_at timestamptz NOT NULL,
+        revoked_at timestamptz
+    )""",
 )
 
 # A page is COPied into this per-connection temp table, then merged with one
@@ -905,6 +915,71 @@ class PostgresStore:
                 (table_id, remote_id),
             ).fetchone()
         return None if row is None else dict(row[0])
+
+    # --- HTTP API keys (spinner_jobs.api) ---------------------------------------------
+
+    _API_KEY_COLUMNS = "id, organization_id, name, key_hash, created_at, revoked_at"
+
+    @staticmethod
+    def _api_key(row: Sequence[Any]) -> ApiKey:
+        return ApiKey(
+            id=row[0],
+            organization_id=row[1],
+            name=row[2],
+            key_hash=row[3],
+            created_at=row[4],
+            revoked_at=row[5],
+        )
+
+    @_translated
+    def put_api_key(self, key: ApiKey) -> bool:
+        """Store a new API key; False (nothing written) when its id exists."""
+        with self._tx() as conn:
+            row = conn.execute(
+                f"INSERT INTO api_keys ({self._API_KEY_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                (
+                    key.id,
+                    key.organization_id,
+                    key.name,
+                    key.key_hash,
+                    key.created_at,
+                    key.revoked_at,
+                ),
+            ).fetchone()
+        return row is not None
+
+    @_translated
+    def get_api_key(self, key_id: str) -> ApiKey | None:
+        """The key with this id, or None."""
+        with self._tx() as conn:
+            row = conn.execute(
+                f"SELECT {self._API_KEY_COLUMNS} FROM api_keys WHERE id = %s", (key_id,)
+            ).fetchone()
+        return None if row is None else self._api_key(row)
+
+    @_translated
+    def list_api_keys(self, organization_id: str | None = None) -> list[ApiKey]:
+        """Keys of one organization (or all), oldest first."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {self._API_KEY_COLUMNS} FROM api_keys "
+                "WHERE %(org)s::text IS NULL OR organization_id = %(org)s "
+                'ORDER BY created_at, id COLLATE "C"',
+                {"org": organization_id},
+            ).fetchall()
+        return [self._api_key(r) for r in rows]
+
+    @_translated
+    def revoke_api_key(self, key_id: str, revoked_at: datetime) -> ApiKey | None:
+        """Revoke the key (the first revocation time stays); None if unknown."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, %s) WHERE id = %s "
+                f"RETURNING {self._API_KEY_COLUMNS}",
+                (revoked_at, key_id),
+            ).fetchone()
+        return None if row is None else self._api_key(row)
 
     # --- export reads ----------------------------------------------------------------
 

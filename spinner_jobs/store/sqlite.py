@@ -40,6 +40,7 @@ from spinner_jobs.core.errors import (
 )
 from spinner_jobs.core.models import (
     AccountSummary,
+    ApiKey,
     ConnectorAccount,
     RecordRow,
     Table,
@@ -122,6 +123,14 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_record ON changes(table_id, remote_id, seq);
 CREATE INDEX IF NOT EXISTS changes_state ON changes(table_id, state, seq);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key_hash TEXT NOT NULL, -- SHA-256 hex of the whole key (never the key itself)
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
 """
 
 _UPSERT_RECORD = """
@@ -899,6 +908,72 @@ class SqliteStore:
             .fetchone()
         )
         return None if row is None else dict(json.loads(row[0]))
+
+    # --- HTTP API keys (spinner_jobs.api) ---------------------------------------------
+
+    _API_KEY_COLUMNS = "id, organization_id, name, key_hash, created_at, revoked_at"
+
+    @staticmethod
+    def _api_key(row: Sequence[Any]) -> ApiKey:
+        return ApiKey(
+            id=row[0],
+            organization_id=row[1],
+            name=row[2],
+            key_hash=row[3],
+            created_at=datetime.fromisoformat(row[4]),
+            revoked_at=datetime.fromisoformat(row[5]) if row[5] else None,
+        )
+
+    @_translated
+    def put_api_key(self, key: ApiKey) -> bool:
+        """Store a new API key; False (nothing written) when its id exists."""
+        with self._write() as conn:
+            return (
+                conn.execute(
+                    f"INSERT INTO api_keys ({self._API_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (
+                        key.id,
+                        key.organization_id,
+                        key.name,
+                        key.key_hash,
+                        key.created_at.isoformat(),
+                        key.revoked_at.isoformat() if key.revoked_at else None,
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    @_translated
+    def get_api_key(self, key_id: str) -> ApiKey | None:
+        """The key with this id, or None."""
+        row = (
+            self._conn()
+            .execute(f"SELECT {self._API_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+            .fetchone()
+        )
+        return None if row is None else self._api_key(row)
+
+    @_translated
+    def list_api_keys(self, organization_id: str | None = None) -> list[ApiKey]:
+        """Keys of one organization (or all), oldest first."""
+        rows = self._conn().execute(
+            f"SELECT {self._API_KEY_COLUMNS} FROM api_keys "
+            "WHERE ? IS NULL OR organization_id = ? ORDER BY created_at, id",
+            (organization_id, organization_id),
+        )
+        return [self._api_key(r) for r in rows]
+
+    @_translated
+    def revoke_api_key(self, key_id: str, revoked_at: datetime) -> ApiKey | None:
+        """Revoke the key (the first revocation time stays); None if unknown."""
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? "
+                f"RETURNING {self._API_KEY_COLUMNS}",
+                (revoked_at.isoformat(), key_id),
+            ).fetchone()
+        return None if row is None else self._api_key(row)
 
     # --- export reads ----------------------------------------------------------------
 
