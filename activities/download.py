@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
@@ -141,23 +142,48 @@ class DownloadActivities(TableWork):
             else:
                 tlog.info("table_download_started", connector=table.connector)
             report(start)
+            deadline = time.monotonic() + input.budget.total_seconds() if input.budget else None
+            paused = False
             if not start.finished:
                 context = ReadContext(job_id=input.job_id, attempt=input.attempt)
-                async for page in connector.pages(table, account, start.cursor, context):
-                    records = _distinct(page.records)
-                    written = TableCheckpoint(
-                        cursor=page.next_cursor,
-                        records=checkpoint.records + len(records),
-                        pages=checkpoint.pages + 1,
-                        config=fingerprint,
-                    )
-                    await self._store_call(
-                        self._store.write_page, lease, records, written, job_id=input.job_id
-                    )
-                    checkpoint = written
-                    if on_page is not None:
-                        on_page(table, len(records))
-                    report(checkpoint)
+                pages = connector.pages(table, account, start.cursor, context)
+                try:
+                    async for page in pages:
+                        records = _distinct(page.records)
+                        written = TableCheckpoint(
+                            cursor=page.next_cursor,
+                            records=checkpoint.records + len(records),
+                            pages=checkpoint.pages + 1,
+                            config=fingerprint,
+                        )
+                        await self._store_call(
+                            self._store.write_page, lease, records, written, job_id=input.job_id
+                        )
+                        checkpoint = written
+                        if on_page is not None:
+                            on_page(table, len(records))
+                        report(checkpoint)
+                        if (
+                            deadline is not None
+                            and written.cursor is not None
+                            and time.monotonic() >= deadline
+                        ):
+                            paused = True
+                            break
+                finally:
+                    # Stop the connector now (its read-ahead too), not when it is collected.
+                    close = getattr(pages, "aclose", None)
+                    if close is not None:
+                        await close()
+            if paused:
+                # A brief attempt ran out of its budget: the next one resumes here.
+                tlog.info("table_download_paused", records=checkpoint.records)
+                return TableTaskResult(
+                    table_id=table.id,
+                    records=checkpoint.records,
+                    pages=checkpoint.pages,
+                    finished=False,
+                )
             summary = await self._store_call(self._finish, lease, job_id=input.job_id)
         except SpinnerError as exc:
             progressed = checkpoint.pages > start.pages

@@ -217,13 +217,16 @@ class TableWork(StoreCalls, ABC):
 
         def report(checkpoint: TableCheckpoint) -> None:
             last[0] = checkpoint
-            activity.heartbeat(checkpoint)
-            live.maybe_send(checkpoint.records)
+            if not info.is_local:  # a brief attempt runs inside the workflow task
+                activity.heartbeat(checkpoint)
+                live.maybe_send(checkpoint.records)
 
         core = run(report) if run is not None else self.run_table(input, report=report)
         attempt = asyncio.ensure_future(core)
         # Steps can be slow; keep heartbeating so cancellation and liveness still work.
-        keepalive = asyncio.create_task(_keep_heartbeating(lambda: last[0], info))
+        keepalive = asyncio.create_task(
+            _keep_heartbeating(lambda: last[0], info) if not info.is_local else asyncio.sleep(0)
+        )
         shutdown = asyncio.create_task(activity.wait_for_worker_shutdown())
         try:
             await asyncio.wait({attempt, shutdown}, return_when=asyncio.FIRST_COMPLETED)

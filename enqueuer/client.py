@@ -218,6 +218,7 @@ class Enqueuer:
                 table_ids=wanted,
                 options=kind.options_of(params),
                 store_counts=kind.store_counts,
+                brief_attempt=kind.brief_attempt,
                 retry=with_retry(queue.retry, opts.retry),
                 table_parallelism=queue.table_parallelism,
                 heartbeat_timeout=queue.heartbeat_timeout,

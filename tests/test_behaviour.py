@@ -32,11 +32,11 @@ ACTOR = Actor(user_id="u_1", organization_id="org_1")
 async def test_enqueue_returns_at_once_and_downloads_every_record(
     enqueuer: Enqueuer, sqlite_store: SqliteStore, make_workbook
 ) -> None:
-    wb = make_workbook(a=demo(3000, page_size=100, page_delay=0.01), b=demo(700), c=demo(0))
+    wb = make_workbook(a=demo(3000, page_size=100, page_delay=0.1), b=demo(700), c=demo(0))
     ref = await enqueuer.enqueue_download_records_job(wb.id, ACTOR, metadata={"reason": "test"})
     assert ref.backend == enqueuer.backend.kind
     assert ref.table_ids == [t.id for t in wb.tables]
-    # Returned before the download finished (table a needs 30 pages x 10 ms at least).
+    # Returned before the download finished (table a needs 30 pages x 100 ms at least).
     assert (await enqueuer.progress(ref.job_id, actor=ACTOR)).status == JobStatus.RUNNING
 
     result = await enqueuer.wait(ref.job_id, actor=ACTOR)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import ScheduleActionStartWorkflow
 from temporalio.testing import WorkflowEnvironment
 
 from enqueuer.backends.temporal import TemporalBackend
@@ -27,10 +28,12 @@ from spinner_jobs.core.models import (
     JobStatus,
     JobWorkflowInput,
     QueueSettings,
+    RetentionSweepInput,
     RetryOverride,
 )
 from spinner_jobs.store.sqlite import SqliteStore
 from spinner_jobs.worker.main import build_workers
+from spinner_jobs.worker.schedules import ensure_retention_schedule, retention_schedule_id
 from tests.conftest import WorkbookFactory
 from tests.helpers import demo, eventually, temporal_enqueuer
 from workflows.download_records import DOWNLOAD_RECORDS
@@ -336,3 +339,42 @@ async def test_a_job_type_on_its_own_queue_runs_there(
         stats = await enq.stats(job_type="download-records")
         assert stats.task_queue == own
         assert stats.job_types == ["download-records"]
+
+
+async def test_each_job_type_has_its_own_retention_schedule(
+    dev_env: WorkflowEnvironment, settings: Settings
+) -> None:
+    """Retention keeps the last N completed / M failed per job type, like BullMQ per queue."""
+    per_type = settings.model_copy(
+        update={
+            "job_types": {
+                "export-records": QueueSettings(keep_completed=50, keep_failed=7),
+                "publish-changes": QueueSettings(keep_failed=0),
+            }
+        }
+    )
+    client = dev_env.client
+    await ensure_retention_schedule(client, per_type)
+    queue = settings.temporal.task_queue
+    found: dict[str, tuple[int, int, str, str | None]] = {}
+    try:
+        for name in JOB_TYPES.names:
+            handle = client.get_schedule_handle(retention_schedule_id(queue, name))
+            action = (await handle.describe()).schedule.action
+            assert isinstance(action, ScheduleActionStartWorkflow)
+            [sweep] = await client.data_converter.decode(action.args, [RetentionSweepInput])
+            found[name] = (
+                sweep.keep_completed,
+                sweep.keep_failed,
+                sweep.workflow_type,
+                sweep.query_filter,
+            )
+    finally:
+        for name in JOB_TYPES.names:
+            await client.get_schedule_handle(retention_schedule_id(queue, name)).delete()
+    scope = f'TaskQueue="{queue}"'
+    assert found == {
+        "download-records": (10, 5, "download-records", scope),
+        "publish-changes": (10, 0, "publish-changes", scope),
+        "export-records": (50, 7, "export-records", scope),
+    }

@@ -236,7 +236,10 @@ async def test_worker_metrics_endpoint_serves_sdk_and_job_metrics(
     assert total(samples, "temporal_workflow_failed", task_queue=queue) == 1
     # Table b's failed first attempt and the permanent failure: b was resumed, yet its
     # records counted once (the exact total above).
-    assert total(samples, "temporal_activity_execution_failed", task_queue=queue) == 2
+    # (a first attempt runs as a local activity: its failures have their own metric).
+    failed = total(samples, "temporal_activity_execution_failed", task_queue=queue)
+    failed += total(samples, "temporal_local_activity_execution_failed", task_queue=queue)
+    assert failed == 2
 
 
 # --- in-process ----------------------------------------------------------------------------

@@ -166,20 +166,27 @@ async def test_table_activities_carry_summaries(job: FinishedJob) -> None:
         if event.HasField("activity_task_scheduled_event_attributes"):
             name = event.activity_task_scheduled_event_attributes.activity_type.name
         elif event.HasField("marker_recorded_event_attributes"):
-            # A local activity (resolving tables) is a marker in the history.
+            # A local activity (resolving tables, a brief first attempt) is a marker in
+            # the history; the SDK's own version marker has no summary to give.
             name = "local:" + event.marker_recorded_event_attributes.marker_name
+            if name == "local:core_patch":
+                continue
         else:
             continue
         assert event.user_metadata.HasField("summary"), name
         [summary] = await job.client.data_converter.decode([event.user_metadata.summary], [str])
         summaries.setdefault(name, []).append(summary)
-    assert sorted(summaries[wire.ACTIVITY_DOWNLOAD_TABLE]) == sorted(
-        f"Download table {t.id} of workbook {job.workbook.id} (attempt 1)"
+    # Each table's first attempt is brief (inside the workflow task); a table not done
+    # within it goes on in a regular attempt, summarised with its number.
+    local = summaries["local:core_local_activity"]
+    assert local[0] == f"Resolve 2 tables of workbook {job.workbook.id}"
+    assert sorted(local[1:]) == sorted(
+        f"Download table {t.id} of workbook {job.workbook.id} (brief first attempt)"
         for t in job.workbook.tables
     )
-    assert summaries["local:core_local_activity"] == [
-        f"Resolve 2 tables of workbook {job.workbook.id}"
-    ]
+    for summary in summaries.get(wire.ACTIVITY_DOWNLOAD_TABLE, []):
+        assert summary.startswith("Download table "), summary
+        assert summary.endswith("(attempt 2)"), summary
 
 
 async def test_current_details_show_per_table_progress(job: FinishedJob) -> None:

@@ -136,7 +136,7 @@ async def test_progress_reports_statuses_and_live_counts(
         update={"jobs": settings.jobs.model_copy(update={"table_parallelism": 1})}
     )
     wb = make_workbook(
-        first=demo(2000, page_size=50, page_delay=0.02), second=demo(500, page_size=100)
+        first=demo(2000, page_size=50, page_delay=0.06), second=demo(500, page_size=100)
     )
     first, second = f"{wb.id}_first", f"{wb.id}_second"
     async with temporal_enqueuer(

@@ -6,6 +6,8 @@ The workflow is the shared table-job workflow (:mod:`workflows.table_job`) with 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -42,4 +44,7 @@ DOWNLOAD_RECORDS = JobType(
     work=DownloadActivities,
     verb=DownloadRecordsWorkflow.verb,
     description="Download the records of a workbook's tables from their sources.",
+    # A small table finishes inside the job's first workflow task; a big one goes on
+    # in regular (heartbeating) attempts after a second.
+    brief_attempt=timedelta(seconds=1),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from spinner_jobs.core.models import JobSpec, LockPolicy, QueueSettings, TableJobInput
@@ -38,6 +39,10 @@ class JobType:
     queue: QueueSettings = field(default_factory=QueueSettings)
     """Defaults of its queue settings (unset fields: the engine's)."""
     locks: LockPolicy = LockPolicy.TABLES
+    brief_attempt: timedelta | None = None
+    """Run each table's first attempt inside the workflow task for at most this long
+    (its work must stop after a step once ``TableTaskInput.budget`` has passed and
+    return ``finished=False``); None: regular attempts only."""
     store_counts: bool = True
     """A stopped table's figure is the store's count of records the job wrote to it
     (true of downloads); False keeps the count its attempts reported."""

@@ -78,6 +78,18 @@ class JobOps(Protocol):
         """Release table locks; say how many records the job wrote to each table."""
         ...
 
+    async def run_table_briefly(self, input: TableTaskInput) -> TableTaskResult:
+        """A first attempt of at most ``input.budget``, run without a round trip.
+
+        Inside Temporal a local activity (in the workflow task); its result says
+        whether the table finished. Raises as :meth:`run_table`.
+        """
+        ...
+
+    def brief_attempts(self) -> bool:
+        """Whether first attempts may be brief (Temporal: not when replaying older jobs)."""
+        ...
+
     async def sleep(self, delay: timedelta) -> None:
         """Wait (a durable timer inside Temporal)."""
         ...
@@ -105,6 +117,7 @@ class JobRun:
     def __init__(self, input: JobWorkflowInput, ops: JobOps) -> None:
         self._input = input
         self._ops = ops
+        self._brief: timedelta | None = None
         self.organization_id = input.job.actor.organization_id
         self.progress = JobProgress(
             job_id=input.job_id,
@@ -126,6 +139,11 @@ class JobRun:
         tasks: list[asyncio.Task[None]] = []
         # Started now, not when built: a delayed job is built at enqueue in-process.
         self.progress = self.progress.model_copy(update={"started_at": self._ops.now()})
+        self._brief = (
+            job.brief_attempt
+            if job.brief_attempt is not None and self._ops.brief_attempts()
+            else None
+        )
         try:
             resolved = await self._ops.resolve_tables(
                 ResolveTablesInput(
@@ -165,16 +183,20 @@ class JobRun:
             while True:
                 attempt += 1
                 self._set(ref.table_id, status=TableStatus.ACTIVE, attempt=attempt)
+                brief = self._brief if attempt == 1 else None
+                task = TableTaskInput(
+                    job_id=self._input.job_id,
+                    workbook_id=self._input.job.workbook_id,
+                    table_id=ref.table_id,
+                    attempt=attempt,
+                    options=self._input.options,
+                    budget=brief,
+                )
                 try:
-                    result = await self._ops.run_table(
-                        TableTaskInput(
-                            job_id=self._input.job_id,
-                            workbook_id=self._input.job.workbook_id,
-                            table_id=ref.table_id,
-                            attempt=attempt,
-                            options=self._input.options,
-                        )
-                    )
+                    if brief is not None:
+                        result = await self._ops.run_table_briefly(task)
+                    else:
+                        result = await self._ops.run_table(task)
                 except TableFailedError as exc:
                     await self._give_up(ref.table_id, str(exc))
                     return
@@ -198,6 +220,9 @@ class JobRun:
                             await self._give_up(ref.table_id, str(exc))
                             return
                     await self._ops.sleep(retry.backoff(max(failures, 1)))
+                    continue
+                if not result.finished:  # a brief attempt's budget ran out: go on
+                    self._set(ref.table_id, records=result.records)
                     continue
                 break
         self._set(

@@ -57,6 +57,9 @@ _SHORT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interv
 # One attempt per activity: the job's own loop (JobRun) decides about retries, so that
 # a lost worker never uses up an attempt meant for the source's errors.
 _ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+_BRIEF_PATCH = "brief-first-attempt"
+# Time a brief attempt may take beyond its budget: the page being read when it ran out.
+_BRIEF_SLACK = timedelta(seconds=30)
 _JOB_END = {
     EventKind.JOB_COMPLETED: JobStatus.COMPLETED,
     EventKind.JOB_FAILED: JobStatus.FAILED,
@@ -163,6 +166,35 @@ class _WorkflowOps:
                 raise asyncio.CancelledError from exc
             raise _attempt_failure(exc) from exc
 
+    async def run_table_briefly(self, input: TableTaskInput) -> TableTaskResult:
+        # The same table activity as a local activity: it runs inside this workflow
+        # task, so a small table costs no activity round trip and no more workflow tasks.
+        assert input.budget is not None
+        try:
+            result: TableTaskResult = await workflow.execute_local_activity(
+                self._table_activity,
+                input,
+                result_type=TableTaskResult,
+                start_to_close_timeout=input.budget + _BRIEF_SLACK,
+                retry_policy=_ONE_ATTEMPT,
+                summary=f"{self._verb} table {input.table_id} of workbook {input.workbook_id} "
+                f"(brief first attempt)",
+            )
+            return result
+        except (ActivityError, ApplicationError, TimeoutError) as exc:
+            if is_cancelled_exception(exc):
+                raise asyncio.CancelledError from exc
+            failure = _attempt_failure(exc)
+            timed_out = exc.cause if isinstance(exc, ActivityError) else exc
+            if isinstance(failure, TableAttemptFailedError) and isinstance(timed_out, TimeoutError):
+                # A page slower than the slack: the worker is fine, go on regularly.
+                failure.infrastructure = True
+            raise failure from exc
+
+    def brief_attempts(self) -> bool:
+        # Jobs started before brief attempts existed replay without them.
+        return workflow.patched(_BRIEF_PATCH)
+
     async def release_locks(self, input: ReleaseLocksInput) -> ReleaseLocksResult:
         return await workflow.execute_local_activity_method(
             TableActivities.release_locks,
@@ -242,9 +274,13 @@ class _WorkflowOps:
             )
 
 
-def _attempt_failure(exc: ActivityError) -> Exception:
-    """Classify a failed table attempt: for good, the source's fault, or the infrastructure's."""
-    cause = exc.cause
+def _attempt_failure(exc: BaseException) -> Exception:
+    """Classify a failed table attempt: for good, the source's fault, or the infrastructure's.
+
+    ``exc`` is the ``ActivityError`` of a regular attempt, or what a local activity
+    raised (its ``ApplicationError`` or ``TimeoutError`` itself).
+    """
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
     if isinstance(cause, ApplicationError):
         details = TableAttemptFailure.model_validate(cause.details[0]) if cause.details else None
         if details is not None and not details.retryable:

@@ -486,6 +486,13 @@ class _LocalOps:
                 str(exc), infrastructure=False, progressed=False, records=None
             ) from exc
 
+    async def run_table_briefly(self, input: TableTaskInput) -> TableTaskResult:
+        return await self.run_table(input)
+
+    def brief_attempts(self) -> bool:
+        """No: in-process there is no round trip to save."""
+        return False
+
     async def release_locks(self, input: ReleaseLocksInput) -> ReleaseLocksResult:
         return await self._tables.release_locks(input)
 

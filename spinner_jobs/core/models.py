@@ -370,6 +370,12 @@ class JobWorkflowInput(_Model):
         default_factory=dict,
         description="The job type's own input fields, handed to each table attempt.",
     )
+    brief_attempt: timedelta | None = Field(
+        None,
+        description="Run each table's first attempt inside the workflow task (a local "
+        "activity) for at most this long; a table not done by then goes on in a regular "
+        "attempt. None: regular attempts only.",
+    )
     store_counts: bool = Field(
         True,
         description="A stopped table's figure is the store's count of records the job "
@@ -430,6 +436,11 @@ class TableTaskInput(_Model):
     options: dict[str, JsonValue] = Field(
         default_factory=dict, description="The job type's own input fields."
     )
+    budget: timedelta | None = Field(
+        None,
+        description="A brief attempt: stop after the step that passes this much time and "
+        "return unfinished (the next attempt resumes from the stored checkpoint).",
+    )
 
 
 class TableCheckpoint(_Model):
@@ -460,6 +471,7 @@ class TableTaskResult(_Model):
     resumed_from: str | None = None
     total: int | None = None
     details: dict[str, JsonValue] = Field(default_factory=dict)
+    finished: bool = Field(True, description="False: a brief attempt ran out of its budget.")
 
 
 class ReleaseLocksInput(_Model):
