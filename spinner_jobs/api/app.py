@@ -33,6 +33,7 @@ from enqueuer.settings import Settings
 from enqueuer.tracing import Tracing
 from spinner_jobs.api.keys import verify_api_key
 from spinner_jobs.api.middleware import ApiMetrics, ApiMiddleware
+from spinner_jobs.api.openapi import describe_durations
 from spinner_jobs.api.problems import (
     PROBLEM_JSON,
     AuthenticationError,
@@ -248,6 +249,7 @@ def create_app(
         redoc_url=None,
         telemetry=telemetry_config(tracing),
     )
+    describe_durations(app)
     state = ApiState(settings, enqueuer, store)
     app.state.api = state
     app.add_middleware(
