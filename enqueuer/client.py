@@ -52,6 +52,7 @@ from spinner_jobs.core.models import (
 from workflows.jobtype import JobType
 
 if TYPE_CHECKING:
+    from enqueuer.tracing import Tracing
     from spinner_jobs.store.base import HeldLock, Store
 
 log = structlog.get_logger(__name__)
@@ -89,11 +90,14 @@ class Enqueuer:
         return cls.from_settings(Settings.load())
 
     @classmethod
-    def from_settings(cls, settings: Settings, store: Store | None = None) -> Enqueuer:
+    def from_settings(
+        cls, settings: Settings, store: Store | None = None, *, tracing: Tracing | None = None
+    ) -> Enqueuer:
         """Build the backend that ``settings.use_jobs`` selects, over the configured store.
 
         No connection is made here: the Temporal client connects on first use, within
-        ``settings.enqueue_timeout``.
+        ``settings.enqueue_timeout``. With ``tracing`` (``Tracing.from_settings``), each
+        enqueue continues the caller's current span into the job's workflow.
         """
         from spinner_jobs.store import open_store
 
@@ -109,6 +113,7 @@ class Enqueuer:
                 settings.temporal,
                 settings.enqueue_timeout,
                 codec=payload_codec(settings.payload_key),
+                interceptors=tracing.interceptors() if tracing is not None else (),
             )
         else:
             from enqueuer.backends.inprocess import InProcessBackend

@@ -187,6 +187,11 @@ class Settings(BaseSettings):
         "unlisted ones weigh 1.0.",
     )
     metrics_port: int | None = Field(None, description="Prometheus /metrics port on the worker.")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OpenTelemetry collector for traces, OTLP over HTTP "
+        "(http://collector:4318); unset: no tracing. Needs the tracing extra.",
+    )
     log_format: Literal["console", "json"] = Field("console", description="Log rendering.")
     log_level: str = Field("info", description="Lowest log level printed.")
     temporal: TemporalSettings = TemporalSettings()

@@ -7,12 +7,13 @@ import base64
 import binascii
 import hashlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio.client import (
     Client,
+    Interceptor,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
@@ -69,6 +70,7 @@ async def connect_client(
     *,
     runtime: Runtime | None = None,
     codec: PayloadCodec | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Client:
     """Connect a Temporal client with the pydantic data converter.
 
@@ -77,6 +79,8 @@ async def connect_client(
         runtime: SDK runtime of the client and of workers built on it (e.g. one that
             serves Prometheus metrics, see ``worker.metrics``); None for the default.
         codec: payload encryption (``enqueuer.codec.payload_codec``); None for none.
+        interceptors: of the client and of workers built on it (tracing:
+            ``enqueuer.tracing.Tracing.interceptors()``); none by default.
 
     """
     exits.install_exit_hook()
@@ -87,6 +91,7 @@ async def connect_client(
         tls=settings.tls,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
         runtime=runtime,
+        interceptors=interceptors,
     )
 
 
@@ -119,9 +124,11 @@ class TemporalBackend:
         *,
         runtime: Runtime | None = None,
         codec: PayloadCodec | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self._settings = settings
         self._codec = codec
+        self._interceptors = interceptors
         self._timeout = timeout
         self._client = client
         self._owns_client = client is None
@@ -141,7 +148,12 @@ class TemporalBackend:
             async with self._connecting:
                 if self._client is None:
                     self._client = await self._bounded(
-                        connect_client(self._settings, runtime=self._runtime, codec=self._codec)
+                        connect_client(
+                            self._settings,
+                            runtime=self._runtime,
+                            codec=self._codec,
+                            interceptors=self._interceptors,
+                        )
                     )
                     exits.hold_until_exit(self)
         return self._client

@@ -30,8 +30,10 @@ from starlette.types import Receive, Scope, Send
 from enqueuer.client import MAX_PAGE_SIZE, Enqueuer
 from enqueuer.jobtypes import JOB_TYPES
 from enqueuer.settings import Settings
+from enqueuer.tracing import Tracing
 from spinner_jobs.api.keys import verify_api_key
 from spinner_jobs.api.middleware import ApiMetrics, ApiMiddleware
+from spinner_jobs.api.openapi import describe_durations
 from spinner_jobs.api.problems import (
     PROBLEM_JSON,
     AuthenticationError,
@@ -45,6 +47,7 @@ from spinner_jobs.api.problems import (
     validation_error_handler,
 )
 from spinner_jobs.api.sse import job_event_stream, parse_last_event_id
+from spinner_jobs.api.telemetry import telemetry_config
 from spinner_jobs.core.errors import (
     InvalidJobError,
     JobNotFoundError,
@@ -230,17 +233,23 @@ class _EventStream(StreamingResponse):
 # --- the application ---------------------------------------------------------------------
 
 
-def create_app(settings: Settings, enqueuer: Enqueuer, store: Store) -> FastAPI:
+def create_app(
+    settings: Settings, enqueuer: Enqueuer, store: Store, *, tracing: Tracing | None = None
+) -> FastAPI:
     """The HTTP API over ``enqueuer`` (its jobs) and ``store`` (the API keys).
 
-    The caller owns both and closes them after the server stops.
+    The caller owns both and closes them after the server stops. With ``tracing``, each
+    request is a server span, and the enqueue it makes (through an enqueuer whose client
+    has ``tracing.interceptors()``) continues its trace.
     """
     app = FastAPI(
         title="spinner-jobs",
         summary="Enqueue and follow durable background jobs with an organization's API key.",
         version="1",
         redoc_url=None,
+        telemetry=telemetry_config(tracing),
     )
+    describe_durations(app)
     state = ApiState(settings, enqueuer, store)
     app.state.api = state
     app.add_middleware(

@@ -212,6 +212,13 @@ class SecretKeyError(SpinnerError):
     """
 
 
+class TracingSetupError(SpinnerError):
+    """Tracing is configured (``SPINNER_OTLP_ENDPOINT``) but cannot start.
+
+    The message says what to fix: the endpoint's form, or the missing ``tracing`` extra.
+    """
+
+
 class JobFailedError(SpinnerError):
     """Raised by ``wait`` when a job ended failed; names the failed tables."""
 

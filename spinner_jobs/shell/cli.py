@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from enum import StrEnum
@@ -32,10 +32,11 @@ from spinner_jobs.core.models import Actor, JobStats, JobStatus, Table, Workbook
 from spinner_jobs.shell.watch import summary_table, watch_job
 
 if TYPE_CHECKING:
-    from temporalio.client import Client
+    from temporalio.client import Client, Interceptor
     from temporalio.runtime import Runtime
 
     from enqueuer.codec import CodecServer, EncryptionCodec
+    from enqueuer.tracing import Tracing
     from spinner_jobs.store import Store
 
 app = typer.Typer(
@@ -70,6 +71,23 @@ def _codec(settings: Settings) -> EncryptionCodec | None:
     from enqueuer.codec import payload_codec
 
     return payload_codec(settings.payload_key)
+
+
+@contextmanager
+def _tracing(settings: Settings) -> Iterator[Tracing | None]:
+    """The process's tracing (SPINNER_OTLP_ENDPOINT; None when unset), flushed at the end."""
+    from enqueuer.tracing import Tracing
+
+    tracing = Tracing.from_settings(settings)
+    try:
+        yield tracing
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
+
+
+def _interceptors(tracing: Tracing | None) -> list[Interceptor]:
+    return tracing.interceptors() if tracing is not None else []
 
 
 async def _stop_on_signals() -> asyncio.Event:
@@ -108,12 +126,17 @@ async def _worker(settings: Settings) -> None:
 
     stop = await _stop_on_signals()
     runtime = metrics_runtime(settings.metrics_port)
-    client = await TemporalBackend(
-        settings.temporal, settings.enqueue_timeout, runtime=runtime, codec=_codec(settings)
-    ).client()
-    await ensure_search_attributes(client)
-    tune_gc()
-    await _serve(settings, stop, client)
+    with _tracing(settings) as tracing:
+        client = await TemporalBackend(
+            settings.temporal,
+            settings.enqueue_timeout,
+            runtime=runtime,
+            codec=_codec(settings),
+            interceptors=_interceptors(tracing),
+        ).client()
+        await ensure_search_attributes(client)
+        tune_gc()
+        await _serve(settings, stop, client, tracing)
 
 
 @app.command()
@@ -139,12 +162,16 @@ async def _dev(settings: Settings) -> None:
         endpoint = f"{codec_server.start()}/{settings.codec.token.get_secret_value()}"
         console.print(f"Codec server for the Web UI on {codec_server.url}")
     try:
-        async with _temporal_server(
-            settings, metrics_runtime(settings.metrics_port), ui_codec_endpoint=endpoint
-        ) as client:
-            console.print(f"Web UI: {settings.temporal.ui_url}   (Ctrl-C stops everything)")
-            tune_gc()
-            await _serve(settings, stop, client)
+        with _tracing(settings) as tracing:
+            async with _temporal_server(
+                settings,
+                metrics_runtime(settings.metrics_port),
+                ui_codec_endpoint=endpoint,
+                interceptors=_interceptors(tracing),
+            ) as client:
+                console.print(f"Web UI: {settings.temporal.ui_url}   (Ctrl-C stops everything)")
+                tune_gc()
+                await _serve(settings, stop, client, tracing)
     finally:
         if codec_server is not None:
             codec_server.stop()
@@ -164,7 +191,11 @@ def _ui_codec_server(settings: Settings) -> CodecServer | None:
 
 @asynccontextmanager
 async def _temporal_server(
-    settings: Settings, runtime: Runtime | None = None, *, ui_codec_endpoint: str | None = None
+    settings: Settings,
+    runtime: Runtime | None = None,
+    *,
+    ui_codec_endpoint: str | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> AsyncIterator[Client]:
     """Reuse a running Temporal server at the configured address, or start the dev server.
 
@@ -191,7 +222,11 @@ async def _temporal_server(
         )
     try:
         client = await TemporalBackend(
-            t, settings.enqueue_timeout, runtime=runtime, codec=_codec(settings)
+            t,
+            settings.enqueue_timeout,
+            runtime=runtime,
+            codec=_codec(settings),
+            interceptors=interceptors,
         ).client()
         await ensure_search_attributes(client)
         yield client
@@ -223,13 +258,14 @@ def api() -> None:
 
 async def _api(settings: Settings) -> None:
     stop = await _stop_on_signals()
-    if settings.service_type == ServiceType.MONOLITH and settings.use_jobs:
-        await _worker_and_api(settings, stop)
-    else:
-        await _serve(settings, stop, None)
+    with _tracing(settings) as tracing:
+        if settings.service_type == ServiceType.MONOLITH and settings.use_jobs:
+            await _worker_and_api(settings, stop, tracing)
+        else:
+            await _serve(settings, stop, None, tracing)
 
 
-async def _worker_and_api(settings: Settings, stop: asyncio.Event) -> None:
+async def _worker_and_api(settings: Settings, stop: asyncio.Event, tracing: Tracing | None) -> None:
     from enqueuer.backends.temporal import TemporalBackend
     from spinner_jobs.shell.devserver import ensure_search_attributes
     from spinner_jobs.worker.main import tune_gc
@@ -240,13 +276,16 @@ async def _worker_and_api(settings: Settings, stop: asyncio.Event) -> None:
         settings.enqueue_timeout,
         runtime=metrics_runtime(settings.metrics_port),
         codec=_codec(settings),
+        interceptors=_interceptors(tracing),
     ).client()
     await ensure_search_attributes(client)
     tune_gc()
-    await _serve(settings, stop, client)
+    await _serve(settings, stop, client, tracing)
 
 
-async def _serve(settings: Settings, stop: asyncio.Event, client: Client | None) -> None:
+async def _serve(
+    settings: Settings, stop: asyncio.Event, client: Client | None, tracing: Tracing | None
+) -> None:
     """Run what SPINNER_SERVICE_TYPE says, the worker (on ``client``) and/or the API, until stop.
 
     The API listens before the worker starts, so a taken port fails at once; either
@@ -271,9 +310,9 @@ async def _serve(settings: Settings, stop: asyncio.Event, client: Client | None)
             TemporalBackend(settings.temporal, settings.enqueue_timeout, client=client),
         )
         if client is not None
-        else Enqueuer.from_settings(settings, store)
+        else Enqueuer.from_settings(settings, store, tracing=tracing)
     )
-    server = ApiServer(create_app(settings, enqueuer, store), settings.api)
+    server = ApiServer(create_app(settings, enqueuer, store, tracing=tracing), settings.api)
     try:
         url = await server.start()
         console.print(f"HTTP API on {url} (OpenAPI: {url}/docs; keys: spinner-jobs api-key create)")
