@@ -237,9 +237,9 @@ async def test_worker_metrics_endpoint_serves_sdk_and_job_metrics(
     # Table b's failed first attempt and the permanent failure: b was resumed, yet its
     # records counted once (the exact total above).
     # (a first attempt runs as a local activity: its failures have their own metric).
-    failed = total(samples, "temporal_activity_execution_failed", task_queue=queue)
-    failed += total(samples, "temporal_local_activity_execution_failed", task_queue=queue)
-    assert failed == 2
+    failed_attempts = total(samples, "temporal_activity_execution_failed", task_queue=queue)
+    failed_attempts += total(samples, "temporal_local_activity_execution_failed", task_queue=queue)
+    assert failed_attempts == 2
 
 
 # --- in-process ----------------------------------------------------------------------------
