@@ -47,6 +47,7 @@ from spinner_jobs.core.models import (
     LockPolicy,
     RetryOptions,
     TableJobInput,
+    TableRef,
     TableStatus,
 )
 from workflows.jobtype import JobType
@@ -208,7 +209,8 @@ class Enqueuer:
             job_id = f"{kind.name}-{uuid.uuid4().hex[:16]}"
         # One trip to the store thread: look the workbook up, check the tables, lock them.
         # The store gives up within the enqueue timeout (StoreUnavailableError).
-        wanted, held = await self._in_store(self._reserve_tables, job, job_id, kind.locks)
+        refs, held = await self._in_store(self._reserve_tables, job, job_id, kind.locks)
+        wanted = [ref.table_id for ref in refs]
         locked = wanted if kind.locks == LockPolicy.TABLES else []
         try:
             if held:
@@ -221,6 +223,7 @@ class Enqueuer:
                 job_type=kind.name,
                 job=job,
                 table_ids=wanted,
+                tables=refs,
                 options=kind.options_of(params),
                 store_counts=kind.store_counts,
                 brief_attempt=kind.brief_attempt,
@@ -435,13 +438,13 @@ class Enqueuer:
 
     def _reserve_tables(
         self, job: JobSpec, job_id: str, locks: LockPolicy
-    ) -> tuple[list[str], dict[str, HeldLock]]:
+    ) -> tuple[list[TableRef], dict[str, HeldLock]]:
         """Check the workbook and tables against the catalog, then lock the tables.
 
         Returns:
-            The table ids of the job, and the locks other jobs hold on them (``{}``
-            when the tables are now locked for ``job_id``, or the job type locks
-            nothing).
+            The tables of the job (their public face: id, name, connector), and the
+            locks other jobs hold on them (``{}`` when the tables are now locked for
+            ``job_id``, or the job type locks nothing).
         """
         workbook = self.store.get_workbook(job.workbook_id)
         if workbook is None or workbook.organization_id != job.actor.organization_id:
@@ -453,9 +456,13 @@ class Enqueuer:
             raise TableNotFoundError(job.workbook_id, unknown)
         if not wanted:
             raise InvalidJobError("table_ids", f"workbook {job.workbook_id!r} has no tables")
+        by_id = {t.id: t for t in workbook.tables}
+        refs = [
+            TableRef(table_id=t, name=by_id[t].name, connector=by_id[t].connector) for t in wanted
+        ]
         if locks == LockPolicy.NONE:
-            return wanted, {}
-        return wanted, self.store.lock_tables(wanted, job_id)
+            return refs, {}
+        return refs, self.store.lock_tables(wanted, job_id)
 
     @property
     def lock_grace(self) -> float:

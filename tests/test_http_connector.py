@@ -218,7 +218,9 @@ async def test_a_retry_after_beyond_the_cap_is_left_to_the_job(
     started = time.monotonic()
     with pytest.raises(SourceUnavailableError, match=r"tbl_customers.*429.*3600s"):
         await read_pages(connector, api.config("cursor"))
-    assert time.monotonic() - started < 0.5
+    # No wait at all; the bound holds on a loaded machine and is far below any wait a
+    # connector honouring the header (3600 s) or its cap would do.
+    assert time.monotonic() - started < 5.0
     assert len(api.requests) == 1
 
 

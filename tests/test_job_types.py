@@ -378,3 +378,22 @@ async def test_each_job_type_has_its_own_retention_schedule(
         "publish-changes": (10, 0, "publish-changes", scope),
         "export-records": (50, 7, "export-records", scope),
     }
+
+
+async def test_a_table_removed_before_its_job_starts_fails_clearly(
+    enqueuer: Enqueuer, make_workbook: WorkbookFactory, sqlite_store: SqliteStore
+) -> None:
+    """The job carries its tables from the enqueue; one gone by the start fails, alone."""
+    wb = make_workbook(keep=demo(10), drop=demo(10))
+    ref = await enqueuer.enqueue(
+        "download-records",
+        {"workbook_id": wb.id},
+        actor=ACTOR,
+        options={"delay": timedelta(seconds=1)},
+    )
+    sqlite_store.put_workbook(wb.model_copy(update={"tables": wb.tables[:1]}))
+    result = await enqueuer.wait(ref.job_id, actor=ACTOR)
+    assert result.status == JobStatus.FAILED
+    assert result.failed_tables == [f"{wb.id}_drop"]
+    assert "no longer in workbook" in (result.progress.tables[f"{wb.id}_drop"].error or "")
+    assert result.progress.tables[f"{wb.id}_keep"].records == 10

@@ -145,11 +145,16 @@ class JobRun:
             else None
         )
         try:
-            resolved = await self._ops.resolve_tables(
-                ResolveTablesInput(
-                    job_id=job.job_id, workbook_id=job.job.workbook_id, table_ids=job.table_ids
+            if job.tables is not None:
+                # Looked up at enqueue: no round trip. A table removed since then fails
+                # in its first attempt (TableGoneError), as one removed mid-job does.
+                resolved = ResolveTablesResult(tables=job.tables)
+            else:
+                resolved = await self._ops.resolve_tables(
+                    ResolveTablesInput(
+                        job_id=job.job_id, workbook_id=job.job.workbook_id, table_ids=job.table_ids
+                    )
                 )
-            )
             for ref in resolved.tables:
                 self._set(ref.table_id, name=ref.name, connector=ref.connector)
             for table_id in resolved.missing:

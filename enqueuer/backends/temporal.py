@@ -313,10 +313,23 @@ class TemporalBackend:
         return progress
 
     async def wait(self, job_id: str, organization_id: str) -> JobResult:
-        """Wait for the workflow to close; a failed or cancelled job is a result too."""
-        handle, _ = await self._describe_job(job_id, organization_id)
+        """Wait for the workflow to close; a failed or cancelled job is a result too.
+
+        The wait starts at once, beside the ownership check (one round trip less for
+        a short job); nothing of it is returned unless the job is the organization's.
+        """
+        client = await self.client()
+        waiting = asyncio.ensure_future(
+            self._closed_result(client.get_workflow_handle(job_id, result_type=JobResult))
+        )
         try:
-            return await self._closed_result(handle)
+            await self._describe_job(job_id, organization_id)
+        except BaseException:
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+            raise
+        try:
+            return await waiting
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise JobNotFoundError(job_id) from exc

@@ -370,6 +370,11 @@ class JobWorkflowInput(_Model):
         default_factory=dict,
         description="The job type's own input fields, handed to each table attempt.",
     )
+    tables: list[TableRef] | None = Field(
+        None,
+        description="The tables as the enqueue found them in the catalog (name, connector); "
+        "None: the job looks them up when it starts.",
+    )
     brief_attempt: timedelta | None = Field(
         None,
         description="Run each table's first attempt inside the workflow task (a local "
