@@ -333,8 +333,8 @@ def render_page(
     progress: JobProgress,
     *,
     title: str,
-    workbook: str,
     events_url: str,
+    expires: datetime,
     expected: Mapping[str, int],
 ) -> str:
     """The job page's HTML: every value from the job escaped (attributes quoted too).
@@ -377,8 +377,8 @@ def render_page(
  data-events="{e(events_url)}">
 <header>
 <h1>{e(title)}</h1>
-<p class="meta">workbook <span class="workbook">{e(workbook)}</span> · job
- <code>{e(progress.job_id)}</code></p>
+<p class="meta">{e(progress.job_type)} · workbook <code>{e(progress.workbook_id)}</code>
+ · job <code>{e(progress.job_id)}</code></p>
 <p class="totals"><span id="status" class="status">{e(progress.status.value)}</span>
  <span id="total-records">{_number(progress.total_records)}</span> records</p>
 </header>
@@ -393,7 +393,8 @@ def render_page(
 {"".join(rows)}
 </tbody>
 </table>
-<footer>Live over Server-Sent Events; this read-only link expires.</footer>
+<footer>Live over Server-Sent Events. This read-only link expires
+ {e(expires.strftime("%Y-%m-%d %H:%M UTC"))}.</footer>
 </main>
 </body>
 </html>
@@ -515,7 +516,11 @@ def view_router(
         assert token is not None
         events = f"/jobs/{quote(job_id, safe=':')}/events?token={quote(token, safe='')}"
         page = render_page(
-            progress, title=title, workbook=workbook, events_url=events, expected=expected
+            progress,
+            title=title,
+            events_url=events,
+            expected=expected,
+            expires=datetime.fromtimestamp(int(token.split(".")[1]), UTC),
         )
         return HTMLResponse(page, headers=PAGE_HEADERS)
 
