@@ -144,6 +144,17 @@ class ApiSettings(_Section):
         timedelta(seconds=10),
         description="On SIGTERM, how long in-flight requests may take before they are cut.",
     )
+    view_key: SecretStr | None = Field(
+        None,
+        description="Key signing job view links (HMAC-SHA256), 32+ characters; unset: a "
+        "generated key in <data_dir>/view.key (API processes sharing links share it).",
+    )
+    view_link_ttl: timedelta = Field(
+        timedelta(hours=1), description="Lifetime of a job view link the request gives none."
+    )
+    view_link_max_ttl: timedelta = Field(
+        timedelta(hours=24), description="Longest lifetime a job view link may be given."
+    )
 
 
 class Settings(BaseSettings):

@@ -48,6 +48,7 @@ from spinner_jobs.api.problems import (
 )
 from spinner_jobs.api.sse import job_event_stream, parse_last_event_id
 from spinner_jobs.api.telemetry import telemetry_config
+from spinner_jobs.api.view import view_router
 from spinner_jobs.core.errors import (
     InvalidJobError,
     JobNotFoundError,
@@ -350,6 +351,9 @@ def create_app(
             on_close=lambda: state.close_stream(key.id),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    # The live job page and its view links (``view``): a signed link, not a key.
+    app.include_router(view_router(state, authenticate=api_key, stream_response=_EventStream))
 
     @app.get("/v1/jobs", responses=_ERRORS, tags=["jobs"])
     async def list_jobs(

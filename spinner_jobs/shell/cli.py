@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import timedelta
 from enum import StrEnum
 from ipaddress import ip_network
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from enqueuer.codec import CodecServer, EncryptionCodec
     from enqueuer.tracing import Tracing
+    from spinner_jobs.api import ApiServer
     from spinner_jobs.store import Store
 
 app = typer.Typer(
@@ -481,11 +482,14 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
             async with (
                 worker_resources(settings, store) as (st, connectors, webhook),
                 build_worker(client, settings, st, connectors, webhook),
+                AsyncExitStack() as stack,
             ):
                 backend = TemporalBackend(
                     settings.temporal, settings.enqueue_timeout, client=client
                 )
                 enqueuer = Enqueuer(settings, store, backend)
+                api_server, api_url = await _demo_api(settings, enqueuer, store)
+                stack.push_async_callback(api_server.stop)
                 began = time.monotonic()
                 actor = Actor(user_id="u_demo", organization_id="org_demo")
                 ref = await enqueuer.enqueue_download_records_job(
@@ -495,6 +499,7 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
                     f"Enqueued job [bold]{ref.job_id}[/] in "
                     f"{(time.monotonic() - began) * 1000:.0f} ms; downloading:"
                 )
+                console.print(f"Watch it in a browser: {_view_link(settings, api_url, ref.job_id)}")
                 expected = {f"tbl_{name}": n for name, n in counts.items()}
                 final = await watch_job(
                     enqueuer, ref.job_id, console, actor=actor, expected=expected
@@ -518,6 +523,29 @@ async def _demo(settings: Settings, keep: bool, scale: float) -> None:
         api.stop()
         store.close()
         log_file.close()
+
+
+async def _demo_api(settings: Settings, enqueuer: Enqueuer, store: Store) -> tuple[ApiServer, str]:
+    """The HTTP API beside the demo, on SPINNER_API_PORT or, when that is taken, any port."""
+    from spinner_jobs.api import ApiServer, create_app
+    from spinner_jobs.api.problems import ApiAddressError
+
+    for api in (settings.api, settings.api.model_copy(update={"port": 0})):
+        server = ApiServer(create_app(settings, enqueuer, store), api)
+        try:
+            return server, await server.start()
+        except ApiAddressError:
+            continue
+    raise AssertionError("port 0 is always free")  # pragma: no cover
+
+
+def _view_link(settings: Settings, api_url: str, job_id: str) -> str:
+    """A read-only link to the job's live page (as POST /v1/jobs/{id}/view-link gives)."""
+    from spinner_jobs.api.view import ViewSigner, make_view_link, view_key
+
+    signer = ViewSigner(view_key(settings))
+    link = make_view_link(signer, job_id, "org_demo", settings=settings.api, base_url=api_url)
+    return link.url
 
 
 # --- catalog -----------------------------------------------------------------------------
