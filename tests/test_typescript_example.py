@@ -100,8 +100,8 @@ async def test_the_example_enqueues_a_download_and_prints_its_progress_to_the_en
 ) -> None:
     wb = make_workbook(
         org=api.org,
-        customers=demo(400, page_size=50, page_delay=0.06),
-        orders=demo(300, page_size=50, page_delay=0.06),
+        customers=demo(400, page_size=50, page_delay=0.3),
+        orders=demo(300, page_size=50, page_delay=0.3),
     )
     status, out, err = await run_example(follow_job_js, api.url, key_of(api), wb.id)
     assert (status, err) == (0, ""), out + err
