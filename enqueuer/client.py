@@ -84,6 +84,8 @@ class Enqueuer:
         self._cleanups: set[asyncio.Future[Any]] = set()
         self.backend = backend
         self._owned: list[Any] = []
+        # Progress fetches shared by the event streams of one job (see _shared_progress).
+        self._progress_polls: dict[tuple[str, str], tuple[float, asyncio.Future[JobProgress]]] = {}
 
     @classmethod
     def from_env(cls) -> Enqueuer:
@@ -606,6 +608,31 @@ class Enqueuer:
         await self.backend.cancel(job_id, _organization(actor))
         log.info("job_cancel_requested", job_id=job_id)
 
+    async def _shared_progress(
+        self, job_id: str, organization_id: str, max_age: float
+    ) -> JobProgress:
+        """The job's progress, fetched at most once per ``max_age`` for all its streams.
+
+        Many streams of one job (a page open in many tabs, SSE clients) would each ask
+        the backend every interval, which on Temporal is a query answered by a worker.
+        They share one fetch instead: a stream that asks while a fetch of the same job
+        for the same organization is running, or finished less than ``max_age`` ago,
+        gets that fetch's answer (or error).
+        """
+        loop = asyncio.get_running_loop()
+        key = (job_id, organization_id)
+        now = loop.time()
+        polled = self._progress_polls.get(key)
+        if polled is None or (polled[1].done() and now - polled[0] >= max_age):
+            fetch = asyncio.ensure_future(self.backend.progress(job_id, organization_id))
+            fetch.add_done_callback(_retrieved)
+            self._progress_polls[key] = polled = (now, fetch)
+            if len(self._progress_polls) > 1024:  # forget fetches no stream can reuse
+                for old, (at, done) in list(self._progress_polls.items()):
+                    if done.done() and now - at >= max_age:
+                        del self._progress_polls[old]
+        return await asyncio.shield(polled[1])
+
     async def events(
         self, job_id: str, *, actor: Actor | Mapping[str, Any], interval: float = 0.5
     ) -> AsyncIterator[JobEvent]:
@@ -621,7 +648,7 @@ class Enqueuer:
         seq = 0
         while True:
             try:
-                progress = await self.backend.progress(job_id, organization_id)
+                progress = await self._shared_progress(job_id, organization_id, interval)
             except WorkerUnavailableError:
                 await asyncio.sleep(interval)
                 continue
@@ -666,6 +693,12 @@ class Enqueuer:
                 return
             last = progress
             await asyncio.sleep(interval)
+
+
+def _retrieved(fetch: asyncio.Future[Any]) -> None:
+    """Mark a shared fetch's error as seen (its streams may all have gone)."""
+    if not fetch.cancelled():
+        fetch.exception()
 
 
 class _Abandoned(Exception):  # noqa: N818
