@@ -43,7 +43,7 @@ from tests.helpers import demo, temporal_enqueuer
 RECORDS = 2_000
 # 20 pages, 150 ms apart: the job is still running when the storm's last callers arrive
 # (else a late caller could rightly start a second job after the first one ended).
-TABLE = demo(RECORDS, page_size=100, page_delay=0.15)
+TABLE = demo(RECORDS, page_size=100, page_delay=0.3)
 
 
 @pytest.mark.timeout(120)
