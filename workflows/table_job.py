@@ -117,10 +117,10 @@ class _WorkflowOps:
         # The workflow's meter records nothing while replaying: no event counts twice.
         meter = workflow.metric_meter()
         self._tables_completed = meter.create_counter(
-            wire.METRIC_TABLES_COMPLETED, "Tables downloaded.", "tables"
+            wire.METRIC_TABLES_COMPLETED, "Tables a job finished.", "tables"
         )
         self._tables_failed = meter.create_counter(
-            wire.METRIC_TABLES_FAILED, "Tables whose download failed for good.", "tables"
+            wire.METRIC_TABLES_FAILED, "Tables a job gave up on.", "tables"
         )
         self._job_duration = meter.create_histogram_float(
             wire.METRIC_JOB_DURATION, "Job run time, from start to close.", "s"
@@ -131,8 +131,8 @@ class _WorkflowOps:
         self._handing_over: list[asyncio.Task[None]] = []
 
     async def resolve_tables(self, input: ResolveTablesInput) -> ResolveTablesResult:
-        # A local activity: a quick catalog read that runs inside the first workflow
-        # task, so the table downloads are scheduled without another round trip.
+        # Only for jobs enqueued without their tables (older ones): a local activity, a
+        # quick catalog read inside the first workflow task.
         try:
             return await workflow.execute_local_activity_method(
                 TableActivities.resolve_tables,
