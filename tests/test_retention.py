@@ -387,7 +387,10 @@ async def test_retention_schedule_is_created_once_then_updated(
             await handle.pause()
             info = (await handle.describe()).info
             spacing = info.recent_actions[1].scheduled_at - info.recent_actions[0].scheduled_at
-            assert spacing == every
+            # On the interval; a beat may be skipped while a sweep still runs (the overlap
+            # policy), which a busy machine does.
+            assert spacing >= every, spacing
+            assert spacing % every == timedelta(0), spacing
             for action in [a.action for a in info.recent_actions] + list(info.running_actions):
                 assert isinstance(action, ScheduleActionExecutionStartWorkflow)
                 sweep_handle = client.get_workflow_handle(
