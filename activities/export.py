@@ -7,8 +7,8 @@ under the job's lock on the table, into the job's own folder under the data dir.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from temporalio import activity
@@ -68,8 +68,7 @@ class ExportActivities(TableWork):
             rows = count
             report(TableCheckpoint(records=count))
 
-        async def run(call: Callable[..., Any], *args: Any) -> Any:
-            return await self._store_call(call, *args, job_id=input.job_id)
+        run = functools.partial(self._store_call, job_id=input.job_id)
 
         try:
             workbook = await run(self._store.get_workbook, input.workbook_id)

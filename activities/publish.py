@@ -8,6 +8,7 @@ table (fencing out any earlier attempt), and gives the table back when done.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -16,9 +17,9 @@ from temporalio import activity
 
 from activities.publish_core import publish_table
 from activities.tables import ReportProgress, TableAttemptError, TableWork, WorkParts
-from spinner_jobs.connectors.base import ChangeWriter
+from spinner_jobs.connectors.base import ChangeWriter, change_writer
 from spinner_jobs.core.changes import Change, ChangeOutcome
-from spinner_jobs.core.errors import PermanentSourceError, SpinnerError
+from spinner_jobs.core.errors import SpinnerError
 from spinner_jobs.core.models import (
     ConnectorAccount,
     Table,
@@ -73,13 +74,14 @@ class PublishActivities(TableWork):
             done = settled
             report(TableCheckpoint(records=settled, total=total))
 
-        async def run(call: Callable[..., Any], *args: Any) -> Any:
-            return await self._store_call(call, *args, job_id=input.job_id)
+        run = functools.partial(self._store_call, job_id=input.job_id)
 
         try:
             table, account = await run(self.load_table, input)
             connector = self._connectors.get(table.connector)
-            writer = connector if isinstance(connector, ChangeWriter) else _ReadOnly(table)
+            writer = (
+                connector if isinstance(connector, ChangeWriter) else _ReadOnly(connector, table.id)
+            )
             lease = await run(self._store.lease, table.id, input.job_id)
             summary = await publish_table(
                 run,
@@ -107,19 +109,20 @@ class PublishActivities(TableWork):
         )
 
 
-class ConnectorCannotPublishError(PermanentSourceError):
-    """The table's connector has no way to write changes back."""
-
-
 class _ReadOnly:
-    """The writer of a read-only connector: a table with changes fails at once."""
+    """The writer of a read-only connector: a table with changes fails at once.
 
-    def __init__(self, table: Table) -> None:
-        self.name = table.connector
-        self._table = table
+    A table without changes completes; one with changes gets the refusal of
+    :func:`change_writer` (permanent: no retry can help).
+    """
+
+    def __init__(self, connector: object, table_id: str) -> None:
+        self.name = getattr(connector, "name", type(connector).__name__)
+        self._connector = connector
+        self._table_id = table_id
 
     def validate_write_config(self, config: Any) -> None:
-        raise self._error()
+        change_writer(self._connector, self._table_id)
 
     async def apply_change(
         self,
@@ -130,11 +133,7 @@ class _ReadOnly:
         idempotency_key: str,
         overwrite: bool,
     ) -> ChangeOutcome:
-        raise self._error()
-
-    def _error(self) -> ConnectorCannotPublishError:
-        return ConnectorCannotPublishError(
-            f"table {self._table.id!r} reads from connector {self._table.connector!r}, "
-            "which cannot publish changes; publish tables of an http source with a "
-            "write configuration"
+        writer = change_writer(self._connector, self._table_id)  # refuses: it cannot write
+        return await writer.apply_change(
+            table, account, change, idempotency_key=idempotency_key, overwrite=overwrite
         )
