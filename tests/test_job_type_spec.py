@@ -28,7 +28,10 @@ ACTOR = Actor(user_id="u1", organization_id="org_1")
 OTHER = Actor(user_id="u9", organization_id="org_9")
 LATER = {"delay": timedelta(minutes=10)}
 
-pytestmark = pytest.mark.parametrize("job_type", JOB_TYPES.names)
+every_type = pytest.mark.parametrize("job_type", JOB_TYPES.names)
+locking_types = pytest.mark.parametrize(
+    "job_type", [t.name for t in JOB_TYPES if t.locks == LockPolicy.TABLES]
+)
 
 
 async def _downloaded_workbook(enqueuer: Enqueuer, make_workbook: WorkbookFactory) -> str:
@@ -38,6 +41,7 @@ async def _downloaded_workbook(enqueuer: Enqueuer, make_workbook: WorkbookFactor
     return wb.id
 
 
+@every_type
 async def test_a_job_runs_to_completion_and_gives_its_tables_back(
     enqueuer: Enqueuer,
     make_workbook: WorkbookFactory,
@@ -57,6 +61,7 @@ async def test_a_job_runs_to_completion_and_gives_its_tables_back(
     assert sqlite_store.count_records(f"{wb_id}_t1") == 30
 
 
+@every_type
 async def test_a_waiting_job_can_be_cancelled_and_its_tables_are_free_again(
     enqueuer: Enqueuer,
     make_workbook: WorkbookFactory,
@@ -71,11 +76,10 @@ async def test_a_waiting_job_can_be_cancelled_and_its_tables_are_free_again(
     assert sqlite_store.get_workbook(wb.id).tables[0].locked_by is None  # type: ignore[union-attr]
 
 
+@locking_types
 async def test_a_job_holds_its_tables_against_every_job_type(
     enqueuer: Enqueuer, make_workbook: WorkbookFactory, job_type: str
 ) -> None:
-    if JOB_TYPES.get(job_type).locks != LockPolicy.TABLES:
-        pytest.skip("this job type locks nothing")  # none registered today
     wb = make_workbook(t1=demo(5))
     holder = await enqueuer.enqueue(job_type, {"workbook_id": wb.id}, actor=ACTOR, options=LATER)
     try:
@@ -88,6 +92,7 @@ async def test_a_job_holds_its_tables_against_every_job_type(
         await enqueuer.wait(holder.job_id, actor=ACTOR)
 
 
+@every_type
 async def test_a_job_never_crosses_organizations(
     enqueuer: Enqueuer, make_workbook: WorkbookFactory, job_type: str
 ) -> None:
