@@ -34,7 +34,7 @@ from spinner_jobs.core.errors import (
     error_type_name,
 )
 from spinner_jobs.core.models import (
-    RecordRow,
+    PageRecord,
     Table,
     TableCheckpoint,
     TableTaskInput,
@@ -223,7 +223,7 @@ def config_fingerprint(table: Table) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
-def _distinct(records: Sequence[RecordRow]) -> Sequence[RecordRow]:
+def _distinct(records: Sequence[PageRecord]) -> Sequence[PageRecord]:
     """The page's records with each remote id once (the last occurrence wins)."""
     if len({remote_id for remote_id, _ in records}) == len(records):
         return records

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from spinner_jobs.connectors.base import Page, ReadContext
@@ -88,8 +89,10 @@ async def test_every_style_reads_each_record_once_in_order(
         # The totals (or the link's absence) end the read: no extra empty page.
         assert len(pages) == (1 if style == "single_page" else -(-records // 1000))
         assert len(api.requests) == len(pages)
-        first = pages[0].records[0]
-        remote_id, fields = first
+        remote_id, text = pages[0].records[0]
+        # The record's fields come as the source's JSON text, kept for the store.
+        assert isinstance(text, str)
+        fields = orjson.loads(text)
         assert fields["id"] == remote_id
         assert fields["index"] == 0
 

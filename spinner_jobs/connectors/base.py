@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from spinner_jobs.core.changes import Change, ChangeOutcome
 from spinner_jobs.core.errors import InvalidTableConfigError
-from spinner_jobs.core.models import ConnectorAccount, RecordRow, Table
+from spinner_jobs.core.models import ConnectorAccount, PageRecord, Table
 
 
 class Record(NamedTuple):
@@ -26,7 +26,7 @@ class Page:
     starting cursor; ``None`` means this was the last page.
     """
 
-    records: Sequence[RecordRow]
+    records: Sequence[PageRecord]
     next_cursor: str | None
 
 

@@ -132,6 +132,7 @@ from spinner_jobs.connectors.http_guard import (
     literal_address,
     system_resolver,
 )
+from spinner_jobs.connectors.json_pages import DecodedPage, PageDecoder
 from spinner_jobs.core.changes import Change, ChangeOp, ChangeOutcome
 from spinner_jobs.core.errors import (
     InvalidTableConfigError,
@@ -145,7 +146,7 @@ from spinner_jobs.core.errors import (
     SourceRequestError,
     SourceUnavailableError,
 )
-from spinner_jobs.core.models import ConnectorAccount, RecordRow, Table
+from spinner_jobs.core.models import ConnectorAccount, PageRecord, Table
 
 log = structlog.get_logger(__name__)
 
@@ -232,7 +233,7 @@ class HttpConnector:
             account=account,
             job_id=context.job_id,
         )
-        pending: asyncio.Task[tuple[list[RecordRow], _Request | None]] | None = None
+        pending: asyncio.Task[tuple[list[PageRecord], _Request | None]] | None = None
         try:
             records, following = await reader.read(reader.first_request(cursor))
             while following is not None:
@@ -505,6 +506,20 @@ class _TableReader(_TableClient):
         self._seen: set[bytes] = set()
         self._pages = 0
         self._previous_ids: frozenset[Any] = frozenset()
+        self.decoder = PageDecoder(self.selector, self.pk, self._body_paths())
+
+    def _body_paths(self) -> list[tuple[str, ...]]:
+        """The paths the paginator reads from a page's body."""
+        pager = self.pager
+        if isinstance(pager, JsonLinkPaginator):
+            return [self._path(pager.next_url_path)]
+        if isinstance(pager, CursorPaginator):
+            return [self._path(pager.cursor_path)]
+        if isinstance(pager, OffsetPaginator) and pager.total_path:
+            return [self._path(pager.total_path)]
+        if isinstance(pager, PageNumberPaginator) and pager.total_pages_path:
+            return [self._path(pager.total_pages_path)]
+        return []
 
     # --- paging rules ---
 
@@ -612,7 +627,7 @@ class _TableReader(_TableClient):
 
     # --- fetching ---
 
-    async def read(self, req: _Request) -> tuple[list[RecordRow], _Request | None]:
+    async def read(self, req: _Request) -> tuple[list[PageRecord], _Request | None]:
         """Fetch one page: its records and the request for the page after it.
 
         Raises:
@@ -624,6 +639,14 @@ class _TableReader(_TableClient):
         if req.cursor == "" and isinstance(self.pager, JsonLinkPaginator | HeaderLinkPaginator):
             # The first page's own URL, so a next link back to it is a repeat too.
             self._first_time(str(response.url))
+        if isinstance(body, DecodedPage):
+            self._pages += 1
+            keys = body.keys
+            self._check_repeat(frozenset(keys))
+            records: list[PageRecord] = [
+                (str(key), text) for key, text in zip(keys, body.texts, strict=True)
+            ]
+            return records, self.next_request(req, response, body.values, len(keys))
         items = body if not self.selector else _dig(body, self.selector)
         if not isinstance(items, list):
             where = f"data_selector {self.cfg.data_selector!r}" if self.selector else "the body"
@@ -662,7 +685,7 @@ class _TableReader(_TableClient):
                 setting,
             )
 
-    def _records(self, req: _Request, items: list[Any]) -> list[RecordRow]:
+    def _records(self, req: _Request, items: list[Any]) -> list[PageRecord]:
         pk = self.pk
         try:
             keys = [item[pk] for item in items]
@@ -685,7 +708,11 @@ class _TableReader(_TableClient):
         return [(str(key), item) for key, item in zip(keys, items, strict=True)]
 
     async def fetch(self, req: _Request) -> tuple[httpx.Response, Any]:
-        """GET ``req`` with retries; return the response and its parsed JSON body."""
+        """GET ``req`` with retries; return the response and its body.
+
+        The body is a :class:`DecodedPage` when it has the expected shape (records
+        kept as text), else the parsed JSON.
+        """
         cfg = self.cfg
         attempts = cfg.max_request_retries + 1
         last = ""
@@ -717,6 +744,11 @@ class _TableReader(_TableClient):
             else:
                 status = response.status_code
                 if 200 <= status < 300:
+                    # Records kept as the source's text; a body of another shape
+                    # (or not JSON at all) is parsed the general way.
+                    page = self.decoder.decode(content)
+                    if page is not None:
+                        return response, page
                     try:
                         return response, orjson.loads(content)
                     except ValueError as exc:

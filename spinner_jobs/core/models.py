@@ -39,7 +39,14 @@ LOWEST_PRIORITY = 5
 DEFAULT_PRIORITY = 3
 
 RecordRow = tuple[str, Mapping[str, Any]]
-"""A record as a bare ``(remote_id, fields)`` pair: what pages carry on the hot path."""
+"""A stored record as a bare ``(remote_id, fields)`` pair, as the store reads it back."""
+
+PageRecord = tuple[str, Mapping[str, Any] | str]
+"""A record a connector read, on its way to the store: ``(remote_id, fields)``.
+
+The fields are a mapping, or a ``str`` of the record's JSON object text as the source
+sent it, which the store keeps as it is (no decoding and encoding on the hot path).
+"""
 
 
 class _Model(BaseModel):

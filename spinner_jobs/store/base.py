@@ -12,11 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import orjson
+
 from spinner_jobs.core.changes import Change, ChangeState
 from spinner_jobs.core.models import (
     AccountSummary,
     ApiKey,
     ConnectorAccount,
+    PageRecord,
     RecordRow,
     TableCheckpoint,
     Workbook,
@@ -178,11 +181,13 @@ class Store(Protocol):
     # --- records ---------------------------------------------------------------------
 
     def write_page(
-        self, lease: Lease, records: Sequence[RecordRow], checkpoint: TableCheckpoint
+        self, lease: Lease, records: Sequence[PageRecord], checkpoint: TableCheckpoint
     ) -> None:
         """Upsert ``records`` and save ``checkpoint`` in one transaction, fenced on ``lease``.
 
-        Upserting marks each record as seen by the lease's job. A record edited locally
+        Fields given as text (JSON object text from the source) are stored as that
+        text; a mapping is encoded. Upserting marks each record as seen by the lease's
+        job. A record edited locally
         (dirty) keeps its local fields; one deleted locally stays deleted while its
         delete is pending or sent.
 
@@ -371,3 +376,10 @@ class Store(Protocol):
             InvalidJobError: ``limit`` is below 1.
         """
         ...
+
+
+def fields_text(fields: Mapping[str, Any] | str) -> str:
+    """A page record's fields as the JSON text a store keeps (text is kept as it is)."""
+    if isinstance(fields, str):
+        return fields
+    return orjson.dumps(fields, option=orjson.OPT_NON_STR_KEYS).decode()

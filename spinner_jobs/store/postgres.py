@@ -55,12 +55,13 @@ from spinner_jobs.core.models import (
     AccountSummary,
     ApiKey,
     ConnectorAccount,
+    PageRecord,
     RecordRow,
     Table,
     TableCheckpoint,
     Workbook,
 )
-from spinner_jobs.store.base import HeldLock, Lease, SyncSummary
+from spinner_jobs.store.base import HeldLock, Lease, SyncSummary, fields_text
 from spinner_jobs.store.secrets import AccountSecrets, Keyring, sealed_key_id
 
 P = ParamSpec("P")
@@ -628,17 +629,13 @@ class PostgresStore:
 
     @_translated
     def write_page(
-        self, lease: Lease, records: Sequence[RecordRow], checkpoint: TableCheckpoint
+        self, lease: Lease, records: Sequence[PageRecord], checkpoint: TableCheckpoint
     ) -> None:
         """Upsert a page and save the checkpoint in one transaction, fenced on the lease."""
         table_id, job_id = lease.table_id, lease.job_id
         # Encode before the transaction: a record that cannot be encoded fails the page
         # without a round trip.
-        dumps, option = orjson.dumps, orjson.OPT_NON_STR_KEYS
-        rows = [
-            (i, remote_id, dumps(fields, option=option).decode())
-            for i, (remote_id, fields) in enumerate(records)
-        ]
+        rows = [(i, rid, fields_text(fields)) for i, (rid, fields) in enumerate(records)]
         with self._tx() as conn, conn.cursor() as cur:
             # The row lock (FOR SHARE) holds the lease for the transaction: a takeover
             # waits until this page is committed, and then the generation moves on.
