@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
+import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -225,6 +228,9 @@ class SqliteStore:
         # One writer at a time inside this process: SQLite's own busy handler backs off
         # with sleeps of up to 100 ms, which ruins latency under concurrent writers.
         self._write_lock = threading.Lock()
+        # And across processes (several workers on one file): see _writers_lock.
+        self._lock_path = self.path.with_name(self.path.name + "-writer.lock")
+        self._lock_fd: tuple[int, int] | None = None  # (pid, fd): a forked child reopens
         # Calls running in other threads: close() waits for them, because closing a
         # connection another thread is using crashes the interpreter.
         self._in_flight = threading.Condition()
@@ -258,17 +264,56 @@ class SqliteStore:
                 f"another writer in this process held the store for {limit:g}s"
             )
         try:
-            # IMMEDIATE takes the write lock up front, so two writers never deadlock
-            # upgrading read locks.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            with self._writers_lock(limit):
+                # IMMEDIATE takes the write lock up front, so two writers never deadlock
+                # upgrading read locks.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
         finally:
             self._write_lock.release()
+
+    @contextmanager
+    def _writers_lock(self, limit: float) -> Iterator[None]:
+        """Hold the lock that writers in every process take before SQLite's own.
+
+        Two worker processes on one file write pages in turn. SQLite's busy handler
+        would have the second one sleep 1, 2, 5, 10... up to 100 ms between tries, far
+        longer than a page takes to write; an advisory lock on a file beside the
+        database is polled every fraction of a millisecond instead. A process that does
+        not take it (the sqlite3 shell) is still waited for by SQLite's busy timeout.
+        """
+        fd = self._writers_lock_fd()
+        deadline = time.monotonic() + limit
+        pause = 0.0002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError(
+                        f"another process held the store for {limit:g}s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _writers_lock_fd(self) -> int:
+        # flock belongs to the open file, which a forked child shares with its parent:
+        # each process opens its own.
+        pid = os.getpid()
+        if self._lock_fd is None or self._lock_fd[0] != pid:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = (pid, os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600))
+        return self._lock_fd[1]
 
     @contextmanager
     def waiting_at_most(self, seconds: float) -> Iterator[None]:
@@ -314,6 +359,9 @@ class SqliteStore:
             for conn in self._all:
                 conn.close()
             self._all.clear()
+            lock_fd, self._lock_fd = self._lock_fd, None
+        if lock_fd is not None and lock_fd[0] == os.getpid():
+            os.close(lock_fd[1])
         self._local = threading.local()
 
     # --- catalog ---------------------------------------------------------------------
