@@ -168,9 +168,13 @@ class WorkerProcess:
 
 @contextlib.contextmanager
 def worker_process(
-    address: str, db_url: str, folder: Path, parallelism: int = 4
+    address: str,
+    db_url: str,
+    folder: Path,
+    parallelism: int = 4,
+    task_queue: str | None = None,
 ) -> Iterator[WorkerProcess]:
-    task_queue = f"bench-{uuid.uuid4().hex[:6]}"
+    task_queue = task_queue or f"bench-{uuid.uuid4().hex[:6]}"
     env = {
         **os.environ,
         "SPINNER_SERVICE_TYPE": "worker",
@@ -182,7 +186,7 @@ def worker_process(
         # dataserver.js listens on loopback, which the http connector refuses by default.
         "SPINNER_HTTP_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
-    with (folder / f"worker-{task_queue}.log").open("wb") as log:
+    with (folder / f"worker-{task_queue}-{uuid.uuid4().hex[:4]}.log").open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-c", "from spinner_jobs.shell.cli import main; main()", "worker"],
             env=env,
@@ -238,10 +242,17 @@ class DownloadRun:
         return self.worker_cpu / self.records * 1e6
 
 
-async def spinner_download(address: str, folder: Path, data_url: str, rep: int) -> DownloadRun:
-    db_url = f"sqlite:///{folder}/download-{rep}.db"
+async def spinner_download(
+    address: str, folder: Path, data_url: str, rep: int, workers: int
+) -> DownloadRun:
+    """One download of the workload by ``workers`` worker processes on one task queue.
+
+    The job's tables are shared out among the processes (4 at once in all); the CPU
+    figure is the sum of theirs.
+    """
+    db_url = f"sqlite:///{folder}/download-{workers}-{rep}.db"
     store = open_store(db_url)
-    workbook_id = f"wb_dl_{rep}"
+    workbook_id = f"wb_dl_{workers}_{rep}"
     store.put_workbook(
         Workbook(
             id=workbook_id,
@@ -250,17 +261,26 @@ async def spinner_download(address: str, folder: Path, data_url: str, rep: int) 
             tables=[http_table(workbook_id, data_url, i) for i in range(DATASETS)],
         )
     )
-    store.put_workbook(demo_workbook(f"wb_warm_{rep}"))
+    warm = f"wb_warm_{workers}_{rep}"
+    store.put_workbook(demo_workbook(warm))
+    task_queue = f"bench-{uuid.uuid4().hex[:6]}"
     try:
-        with worker_process(address, db_url, folder) as worker:
-            settings = bench_settings(folder, address, db_url, worker.task_queue)
+        with contextlib.ExitStack() as stack:
+            pids = [
+                stack.enter_context(
+                    worker_process(address, db_url, folder, task_queue=task_queue)
+                ).process.pid
+                for _ in range(workers)
+            ]
+            settings = bench_settings(folder, address, db_url, task_queue)
             enq = enqueuer_for(await connect_client(settings.temporal), settings, store)
-            await run_job(enq, f"wb_warm_{rep}", within=120)  # the worker is up and polling
-            cpu0 = cpu_seconds(worker.process.pid)
+            await run_job(enq, warm, within=120)  # a worker is up and polling
+            await asyncio.sleep(1.0 if workers > 1 else 0)  # and the others
+            cpu0 = sum(map(cpu_seconds, pids))
             began = time.perf_counter()
             await run_job(enq, workbook_id)
             seconds = time.perf_counter() - began
-            cpu = cpu_seconds(worker.process.pid) - cpu0
+            cpu = sum(map(cpu_seconds, pids)) - cpu0
         workbook = store.get_workbook(workbook_id)
         assert workbook is not None
         records = sum(store.count_records(t.id) for t in workbook.tables)
@@ -373,19 +393,25 @@ def fmt(value: float | None, spec: str = ",.0f") -> str:
     return "—" if value is None or math.isnan(value) else format(value, spec)
 
 
-def report_download(spinner: list[DownloadRun], bull: list[dict[str, Any]], reps: int) -> None:
-    s_rate = median([r.rate for r in spinner])
-    s_cpu = median([r.cpu_us_per_record for r in spinner])
-    s_wall = median([r.seconds for r in spinner])
-    rows = [
-        [
-            "spinner-jobs (dev server + 1 worker process)",
-            fmt(s_wall, ".2f"),
-            fmt(s_rate),
-            fmt(median([r.worker_cpu for r in spinner]), ".2f"),
-            fmt(s_cpu, ".1f"),
-        ]
-    ]
+def report_download(
+    spinner: dict[int, list[DownloadRun]], bull: list[dict[str, Any]], reps: int
+) -> None:
+    rows = []
+    figures: dict[int, tuple[float, float]] = {}
+    for workers, runs in spinner.items():
+        s_rate = median([r.rate for r in runs])
+        s_cpu = median([r.cpu_us_per_record for r in runs])
+        figures[workers] = (s_rate, s_cpu)
+        plural = "process" if workers == 1 else "processes"
+        rows.append(
+            [
+                f"spinner-jobs (dev server + {workers} worker {plural})",
+                fmt(median([r.seconds for r in runs]), ".2f"),
+                fmt(s_rate),
+                fmt(median([r.worker_cpu for r in runs]), ".2f"),
+                fmt(s_cpu, ".1f"),
+            ]
+        )
     b_rate = b_cpu = None
     if bull:
         b_rate = median([float(b["records_per_s"]) for b in bull])
@@ -407,10 +433,12 @@ def report_download(spinner: list[DownloadRun], bull: list[dict[str, Any]], reps
         rows,
     )
     if b_rate and b_cpu:
-        print(
-            f"\nspinner-jobs / BullMQ: records/s {s_rate / b_rate:.2f}x (target >= 1.20), "
-            f"worker CPU per record {s_cpu / b_cpu:.2f}x (target <= 1.00)"
-        )
+        print()
+        for workers, (s_rate, s_cpu) in figures.items():
+            print(
+                f"spinner-jobs ({workers} worker) / BullMQ: records/s {s_rate / b_rate:.2f}x "
+                f"(target >= 1.20), worker CPU per record {s_cpu / b_cpu:.2f}x (target <= 1.00)"
+            )
 
 
 def report_small(runs: dict[str, LatencyRun], bull_rtt: list[dict[str, Any]], jobs: int) -> None:
@@ -467,6 +495,12 @@ async def amain() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed small jobs first")
     parser.add_argument("--peers", help="folder of run-bullmq.sh (default ../shared/peers)")
     parser.add_argument("--no-bullmq", action="store_true", help="spinner-jobs side only")
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="worker process counts of the spinner-jobs download, comma-separated",
+    )
+    parser.add_argument("--no-small", action="store_true", help="the download only")
     args = parser.parse_args()
     configure_logging("console", "warning")
     peers = peers_dir(args.peers)
@@ -477,27 +511,36 @@ async def amain() -> None:
         if not args.no_bullmq:
             print("BullMQ: download...", flush=True)
             bull_download = run_bullmq(peers, "download", args.reps, data_url)
-            print("BullMQ: one job at a time...", flush=True)
-            bull_rtt = run_bullmq(peers, "rtt", 1, data_url)
+            if not args.no_small:
+                print("BullMQ: one job at a time...", flush=True)
+                bull_rtt = run_bullmq(peers, "rtt", 1, data_url)
         async with dev_server(folder) as address:
-            spinner: list[DownloadRun] = []
-            for rep in range(args.reps):
-                print(f"spinner-jobs: download {rep + 1}/{args.reps}...", flush=True)
-                spinner.append(await spinner_download(address, folder, data_url, rep))
-            print("small jobs: monolith, separate worker, bare Temporal...", flush=True)
-            small = {
-                "(a) monolith, 1 table x 10 records": await small_monolith(
-                    address, folder, args.jobs, args.warmup
-                ),
-                "(b) separate worker, 1 table x 10 records": await small_separate(
-                    address, folder, args.jobs, args.warmup
-                ),
-                "(c) bare Temporal, 1 trivial activity": await small_bare(
-                    address, args.jobs, args.warmup
-                ),
-            }
+            spinner: dict[int, list[DownloadRun]] = {}
+            for workers in (int(n) for n in args.workers.split(",")):
+                for rep in range(args.reps):
+                    print(
+                        f"spinner-jobs: download, {workers} worker(s), {rep + 1}/{args.reps}...",
+                        flush=True,
+                    )
+                    run = await spinner_download(address, folder, data_url, rep, workers)
+                    spinner.setdefault(workers, []).append(run)
+            small: dict[str, LatencyRun] = {}
+            if not args.no_small:
+                print("small jobs: monolith, separate worker, bare Temporal...", flush=True)
+                small = {
+                    "(a) monolith, 1 table x 10 records": await small_monolith(
+                        address, folder, args.jobs, args.warmup
+                    ),
+                    "(b) separate worker, 1 table x 10 records": await small_separate(
+                        address, folder, args.jobs, args.warmup
+                    ),
+                    "(c) bare Temporal, 1 trivial activity": await small_bare(
+                        address, args.jobs, args.warmup
+                    ),
+                }
     report_download(spinner, bull_download, args.reps)
-    report_small(small, bull_rtt, args.jobs)
+    if small:
+        report_small(small, bull_rtt, args.jobs)
 
 
 if __name__ == "__main__":
