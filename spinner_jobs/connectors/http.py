@@ -132,7 +132,7 @@ from spinner_jobs.connectors.http_guard import (
     literal_address,
     system_resolver,
 )
-from spinner_jobs.connectors.json_pages import DecodedPage, PageDecoder
+from spinner_jobs.connectors.json_pages import DecodedPage, page_decoder
 from spinner_jobs.core.changes import Change, ChangeOp, ChangeOutcome
 from spinner_jobs.core.errors import (
     InvalidTableConfigError,
@@ -506,20 +506,20 @@ class _TableReader(_TableClient):
         self._seen: set[bytes] = set()
         self._pages = 0
         self._previous_ids: frozenset[Any] = frozenset()
-        self.decoder = PageDecoder(self.selector, self.pk, self._body_paths())
+        self.decoder = page_decoder(self.selector, self.pk, self._body_paths())
 
-    def _body_paths(self) -> list[tuple[str, ...]]:
+    def _body_paths(self) -> tuple[tuple[str, ...], ...]:
         """The paths the paginator reads from a page's body."""
         pager = self.pager
         if isinstance(pager, JsonLinkPaginator):
-            return [self._path(pager.next_url_path)]
+            return (self._path(pager.next_url_path),)
         if isinstance(pager, CursorPaginator):
-            return [self._path(pager.cursor_path)]
+            return (self._path(pager.cursor_path),)
         if isinstance(pager, OffsetPaginator) and pager.total_path:
-            return [self._path(pager.total_path)]
+            return (self._path(pager.total_path),)
         if isinstance(pager, PageNumberPaginator) and pager.total_pages_path:
-            return [self._path(pager.total_pages_path)]
-        return []
+            return (self._path(pager.total_pages_path),)
+        return ()
 
     # --- paging rules ---
 

@@ -17,13 +17,14 @@ the caller parses the body the general way, which also words the error.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-__all__ = ["DecodedPage", "PageDecoder"]
+__all__ = ["DecodedPage", "PageDecoder", "page_decoder"]
 
 Path = tuple[str, ...]
 
@@ -90,6 +91,15 @@ class PageDecoder:
             if value is not msgspec.UNSET:
                 _put(values, leaf, value)
         return DecodedPage([record.key for record in records], texts, values)
+
+
+@functools.lru_cache(maxsize=256)
+def page_decoder(selector: Path, primary_key: str, paths: tuple[Path, ...]) -> PageDecoder:
+    """A :class:`PageDecoder`, shared by the reads of every table of the same shape.
+
+    Building one defines a few struct types; a decoder is immutable, so reads share it.
+    """
+    return PageDecoder(selector, primary_key, paths)
 
 
 def _supported(selector: Path, leaves: Sequence[Path]) -> bool:
