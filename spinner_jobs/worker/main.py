@@ -32,9 +32,10 @@ log = structlog.get_logger(__name__)
 def tune_gc() -> None:
     """Tune the garbage collector for a worker process (call once, after start-up).
 
-    Every page allocates about a thousand record dicts, which trips generation-0
+    Every page allocates a thousand records or more (a dict each from the files and
+    demo connectors, a tuple and a string each from http), which trips generation-0
     collections all the time; a larger threshold and a frozen start-up heap (modules,
-    SDK objects) cut the collector's CPU on the download path by about a tenth.
+    SDK objects) cut the collector's CPU on the download path.
     """
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)
