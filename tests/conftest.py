@@ -32,6 +32,9 @@ from spinner_jobs.store.sqlite import SqliteStore
 from tests.helpers import temporal_enqueuer
 from tests.pg import fresh_schema, postgres_url  # noqa: F401  (session fixture)
 
+# The HTTP API tests' fixtures (api, local_enqueuer, local_api), without imports.
+pytest_plugins = ["tests.api_support"]
+
 configure_logging("console", "warning")
 
 

@@ -41,8 +41,7 @@ from spinner_jobs.api import ApiServer, create_api_key, create_app
 from spinner_jobs.api.openapi import ISO8601_DURATION
 from spinner_jobs.connectors.registry import default_connectors
 from spinner_jobs.store.sqlite import SqliteStore
-from tests.helpers import demo
-from tests.test_api import (
+from tests.api_support import (
     Api,
     enqueue_body,
     read_stream,
@@ -50,6 +49,7 @@ from tests.test_api import (
     same_problem,
     sse_events,
 )
+from tests.helpers import demo
 
 MAX_EXAMPLES = 25
 """Generated requests per operation and generation mode (valid, invalid)."""

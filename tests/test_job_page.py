@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,41 +16,12 @@ from urllib.parse import quote
 import pytest
 
 from enqueuer import Enqueuer
-from enqueuer.backends.inprocess import InProcessBackend
-from enqueuer.settings import Settings
-from enqueuer.wiring import work_parts
 from scripts.cdp import DEFAULT_CHROMIUM, Chromium
 from spinner_jobs.api.view import VIEW_KEY_FILE, ViewSigner, view_key
-from spinner_jobs.connectors.registry import ConnectorRegistry
 from spinner_jobs.core.errors import SecretKeyError
 from spinner_jobs.store.sqlite import SqliteStore
+from tests.api_support import PROBLEM, Api, enqueue_body, read_stream, running_api
 from tests.helpers import demo
-from tests.test_api import PROBLEM, Api, enqueue_body, read_stream, running_api
-
-
-@pytest.fixture
-async def local_enqueuer(
-    settings: Settings, sqlite_store: SqliteStore, connectors: ConnectorRegistry
-) -> AsyncIterator[Enqueuer]:
-    """In-process jobs: the page reads the same stream on either backend."""
-    backend = InProcessBackend(work_parts(settings, sqlite_store, connectors), settings)
-    enqueuer = Enqueuer(settings.model_copy(update={"use_jobs": False}), sqlite_store, backend)
-    yield enqueuer
-    await enqueuer.aclose()
-
-
-@pytest.fixture
-async def local_api(local_enqueuer: Enqueuer, sqlite_store: SqliteStore) -> AsyncIterator[Api]:
-    async with running_api(local_enqueuer, sqlite_store) as (handle, _):
-        yield handle
-
-
-@pytest.fixture
-async def api(enqueuer: Enqueuer, sqlite_store: SqliteStore) -> AsyncIterator[Api]:
-    """The API over each backend in turn."""
-    async with running_api(enqueuer, sqlite_store) as (handle, _):
-        yield handle
-
 
 XSS_NAME = '<img src=x onerror="window.__xss=1">\'&<script>window.__xss=2</script>'
 

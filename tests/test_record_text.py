@@ -43,7 +43,8 @@ PAGE_2_RECORDS = [b'{"id": 3, "note": "\\ud83d\\ude00 \\/ caf\xc3\xa9", "none": 
 
 def body(records: list[bytes], next_cursor: str | None) -> bytes:
     cursor = json.dumps(next_cursor).encode()
-    return b'{"meta": {"next": ' + cursor + b'}, "data": {"items": [' + b" ,\n ".join(records) + b"]}}"
+    items = b" ,\n ".join(records)
+    return b'{"meta": {"next": ' + cursor + b'}, "data": {"items": [' + items + b"]}}"
 
 
 def pages_route(path: str, query: dict[str, str]) -> Answer:
@@ -199,17 +200,21 @@ async def test_records_of_another_shape_fail_as_before(
     conn: HttpConnector, items: bytes, message: str
 ) -> None:
     page = b'{"meta": {"next": null}, "data": {"items": ' + items + b"}}"
-    with Source(lambda path, query: Answer(page)) as source:
-        with pytest.raises(SourceRequestError, match=message):
-            await read_all(conn, source.base_url)
+    with (
+        Source(lambda path, query: Answer(page)) as source,
+        pytest.raises(SourceRequestError, match=message),
+    ):
+        await read_all(conn, source.base_url)
 
 
 async def test_a_record_that_is_not_utf8_is_an_invalid_body(conn: HttpConnector) -> None:
     # The fast path does not read inside values; the record's text must still be UTF-8.
     page = b'{"meta": {"next": null}, "data": {"items": [{"id": 1, "name": "caf\xe9"}]}}'
-    with Source(lambda path, query: Answer(page)) as source:
-        with pytest.raises(SourceUnavailableError, match="invalid JSON body"):
-            await read_all(conn, source.base_url, max_request_retries=0)
+    with (
+        Source(lambda path, query: Answer(page)) as source,
+        pytest.raises(SourceUnavailableError, match="invalid JSON body"),
+    ):
+        await read_all(conn, source.base_url, max_request_retries=0)
 
 
 # --- the decoder itself -------------------------------------------------------------------

@@ -56,10 +56,11 @@ def test_a_write_waits_for_another_process_and_fails_typed_past_the_timeout(
         text=True,
     )
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
         with (
             sqlite_store.waiting_at_most(0.3),
-            pytest.raises(StoreUnavailableError, match="another process held the store for 0.3s"),
+            pytest.raises(StoreUnavailableError, match=r"another process held the store for 0\.3s"),
         ):
             sqlite_store.put_workbook(workbook(1))
         assert sqlite_store.get_workbook("wb_w") is None  # nothing half-written

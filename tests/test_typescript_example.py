@@ -14,15 +14,12 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from enqueuer import Enqueuer
-from spinner_jobs.store.sqlite import SqliteStore
+from tests.api_support import Api
 from tests.helpers import demo
-from tests.test_api import Api, running_api
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "typescript"
 NODE = shutil.which("node") or "/usr/bin/node"
@@ -67,13 +64,6 @@ def follow_job_js() -> Path:
     )
     assert built.returncode == 0, built.stdout + built.stderr
     return EXAMPLE / "dist" / "follow-job.js"
-
-
-@pytest.fixture
-async def api(enqueuer: Enqueuer, sqlite_store: SqliteStore) -> AsyncIterator[Api]:
-    """The API over each backend in turn."""
-    async with running_api(enqueuer, sqlite_store) as (handle, _):
-        yield handle
 
 
 async def run_example(script: Path, url: str, key: str, *args: str) -> tuple[int, str, str]:
