@@ -174,6 +174,11 @@ async def read_all(conn: HttpConnector, base_url: str, **config: Any) -> list[tu
         (b'[{"id": 1.5}, {"id": true}]', ["1.5", "True"]),
         # A key that is an object: kept as the general path always has.
         (b'[{"id": {"k": 1}}]', ["{'k': 1}"]),
+        # An integer past 64 bits: the general path's id (a float's), on every page.
+        (
+            b'[{"id": 18446744073709551615}, {"id": 18446744073709551616}]',
+            ["18446744073709551615", "1.8446744073709552e+19"],
+        ),
     ],
 )
 async def test_keys_of_other_types_take_the_general_path(

@@ -11,7 +11,8 @@ twice with msgspec and builds no dicts at all:
 
 Only a body of the expected shape takes this path: an array where the data selector
 points, each record an object whose primary key is a string or an integer, valid
-UTF-8 throughout. Anything else makes :meth:`PageDecoder.decode` return ``None``, and
+UTF-8 throughout (an integer key within 64 bits, as the general path reads it).
+Anything else makes :meth:`PageDecoder.decode` return ``None``, and
 the caller parses the body the general way, which also words the error.
 """
 
@@ -20,13 +21,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 __all__ = ["DecodedPage", "PageDecoder", "page_decoder"]
 
 Path = tuple[str, ...]
+
+# A primary key the fast path takes: a string, or an integer within 64 bits. The
+# general path reads integers past 64 bits as floats, and a record's id must not depend
+# on which path read its page (msgspec bounds are signed 64-bit, so the unsigned top
+# half takes the general path too, which reads it as the same integer).
+_Key = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +72,7 @@ class PageDecoder:
         self._leaves = tuple(dict.fromkeys(p for p in paths if p))
         if not _supported(selector, self._leaves):
             return
-        key = msgspec.defstruct("RecordKey", [("key", int | str)], rename={"key": primary_key})
+        key = msgspec.defstruct("RecordKey", [("key", _Key)], rename={"key": primary_key})
         self._keys = msgspec.json.Decoder(_shape(selector, list[key], self._leaves))  # type: ignore[valid-type]
         self._texts = msgspec.json.Decoder(_shape(selector, list[msgspec.Raw], ()))
 
