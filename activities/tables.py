@@ -87,6 +87,12 @@ class WorkParts:
     exports_dir: Path = field(default_factory=lambda: Path("data") / "exports")
 
 
+QUICK_WAIT = 0.005
+"""Seconds a quick store call blocks the event loop for another writer before it moves
+to a thread: long enough for a page another thread is writing, short enough that the
+loop's other tasks barely notice."""
+
+
 class StoreCalls:
     """Runs store calls in a thread, waiting out a store outage with backoff."""
 
@@ -117,6 +123,24 @@ class StoreCalls:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _quick_store_call(self, call: Callable[..., T], *args: object, job_id: str) -> T:
+        """Run the short store call ``call(*args)`` on this thread when it can go at once.
+
+        With a quick store (``Store.quick_calls``) the call is made here, on the event
+        loop's thread, waiting at most ``QUICK_WAIT`` for another writer; a page
+        written in a worker thread would fight the loop for the GIL at every row. Only
+        when the store stays busy (another process writing, an outage) does the call
+        wait in a thread, as :meth:`_store_call` runs every call. A busy attempt wrote
+        nothing (its transaction never began), so trying again is safe.
+        """
+        if self._store.quick_calls:
+            try:
+                with self._store.waiting_at_most(QUICK_WAIT):
+                    return call(*args)
+            except StoreUnavailableError:
+                pass
+        return await self._store_call(call, *args, job_id=job_id)
 
 
 class TableActivities(StoreCalls):

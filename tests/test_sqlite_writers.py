@@ -8,13 +8,16 @@ store's busy timeout, then reported as a typed outage.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from activities.tables import StoreCalls
 from spinner_jobs.core.errors import StoreUnavailableError
 from spinner_jobs.core.models import Table, TableCheckpoint, Workbook
 from spinner_jobs.store.sqlite import SqliteStore
@@ -115,3 +118,47 @@ def test_processes_writing_pages_at_once_all_land(sqlite_store: SqliteStore) -> 
     assert sqlite_store.get_workbook(f"wb_here_{writes - 1}") is not None
     checkpoint = sqlite_store.get_checkpoint("t1", "job_t1")
     assert checkpoint == TableCheckpoint(cursor="99", records=0, pages=100)
+
+
+async def test_a_busy_store_is_waited_for_in_a_thread_not_on_the_event_loop(
+    sqlite_store: SqliteStore,
+) -> None:
+    # A page write is tried on the event loop's thread first (no GIL fight with a
+    # worker thread); when another process holds the store, it must wait elsewhere.
+    calls = StoreCalls(sqlite_store, timedelta(seconds=30))
+    lock_file = sqlite_store.path.with_name(sqlite_store.path.name + "-writer.lock")
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOLDER,
+        str(lock_file),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert await holder.stdout.readline() == b"held\n"
+        ticker = asyncio.create_task(tick())
+        write = asyncio.create_task(
+            calls._quick_store_call(sqlite_store.put_workbook, workbook(2), job_id="job_1")
+        )
+        await asyncio.sleep(1.0)
+        ticks_while_held = ticks
+        assert not write.done()
+    finally:
+        holder.stdin.close()  # lets go
+        await holder.wait()
+    await asyncio.wait_for(write, 30)
+    ticker.cancel()
+
+    assert ticks_while_held >= 10  # about 100 unless the loop was blocked
+    assert [t.id for t in sqlite_store.get_workbook("wb_w").tables] == ["t0", "t1"]  # type: ignore[union-attr]

@@ -65,6 +65,15 @@ class Store(Protocol):
     """Catalog + records. Records are keyed by (table id, remote id)."""
 
     url: str
+    quick_calls: bool
+    """Whether a call that need not wait is quick local work (SQLite: a file here).
+
+    Then a caller on an event loop makes the short calls of a download (``lease``,
+    ``write_page``, ``finish_sync``...) on the loop's own thread, within a few
+    milliseconds' ``waiting_at_most``, and waits in a worker thread only when the
+    store stays busy: a page written on another thread fights the loop for the GIL at
+    every row it inserts, which costs more than the write itself.
+    """
 
     def migrate(self) -> None:
         """Create the schema if missing (idempotent)."""

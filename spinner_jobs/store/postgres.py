@@ -222,6 +222,8 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
 class PostgresStore:
     """Store in a PostgreSQL database; one connection per thread, explicit transactions."""
 
+    quick_calls = False  # a network round trip: always in a thread
+
     def __init__(self, url: str, *, timeout: float = 30.0, secrets: Keyring | None = None) -> None:
         """Prepare the store; connections open lazily, one per calling thread.
 

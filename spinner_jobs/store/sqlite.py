@@ -201,6 +201,8 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
 class SqliteStore:
     """Store in one SQLite file; one connection per thread, writes serialized by SQLite."""
 
+    quick_calls = True
+
     def __init__(
         self,
         path: str | Path,
