@@ -94,7 +94,11 @@ loop's other tasks barely notice."""
 
 
 class StoreCalls:
-    """Runs store calls in a thread, waiting out a store outage with backoff."""
+    """Runs store calls in a thread, waiting out a store outage with backoff.
+
+    The short calls of a quick store run on the event loop's own thread when they can
+    go at once (:meth:`_quick_store_call`).
+    """
 
     def __init__(self, store: Store, outage_timeout: timedelta) -> None:
         self._store = store

@@ -639,23 +639,31 @@ class _TableReader(_TableClient):
         if req.cursor == "" and isinstance(self.pager, JsonLinkPaginator | HeaderLinkPaginator):
             # The first page's own URL, so a next link back to it is a repeat too.
             self._first_time(str(response.url))
-        if isinstance(body, DecodedPage):
-            self._pages += 1
-            keys = body.keys
-            self._check_repeat(frozenset(keys))
-            records: list[PageRecord] = [
-                (str(key), text) for key, text in zip(keys, body.texts, strict=True)
-            ]
-            return records, self.next_request(req, response, body.values, len(keys))
-        items = body if not self.selector else _dig(body, self.selector)
-        if not isinstance(items, list):
-            where = f"data_selector {self.cfg.data_selector!r}" if self.selector else "the body"
-            raise self._body_error(
-                req, f"records at {where} are not a list (got {_json_kind(items)})"
-            )
         self._pages += 1
-        records = self._records(req, items)
-        return records, self.next_request(req, response, body, len(items))
+        items: list[Any]
+        if isinstance(body, DecodedPage):
+            # Keys and paginator values read by the decoder; each record is its text.
+            keys, items, values = body.keys, body.texts, body.values
+        else:
+            found = body if not self.selector else _dig(body, self.selector)
+            if not isinstance(found, list):
+                where = f"data_selector {self.cfg.data_selector!r}" if self.selector else "the body"
+                raise self._body_error(
+                    req, f"records at {where} are not a list (got {_json_kind(found)})"
+                )
+            items, keys, values = found, self._keys(req, found), body
+        try:
+            # The keys as the source gave them: hashing fresh str ids costs more.
+            page_ids = frozenset(keys)
+        except TypeError:  # an unhashable key (an object or array)
+            page_ids = frozenset(map(str, keys))
+        self._check_repeat(page_ids)
+        # Bare tuples, not Record(...): a NamedTuple's constructor is a tenth of this
+        # path's CPU at a thousand records a page.
+        records: list[PageRecord] = [
+            (str(key), item) for key, item in zip(keys, items, strict=True)
+        ]
+        return records, self.next_request(req, response, values, len(items))
 
     def _first_time(self, key: str) -> bool:
         """Remember ``key`` (a URL or token); False when it was seen before in this read."""
@@ -685,7 +693,8 @@ class _TableReader(_TableClient):
                 setting,
             )
 
-    def _records(self, req: _Request, items: list[Any]) -> list[PageRecord]:
+    def _keys(self, req: _Request, items: list[Any]) -> list[Any]:
+        """Each parsed record's primary key; every record must be an object that has one."""
         pk = self.pk
         try:
             keys = [item[pk] for item in items]
@@ -697,15 +706,7 @@ class _TableReader(_TableClient):
                     raise self._body_error(req, f"record {index} is not an object")
                 if item.get(pk) is None:
                     raise self._body_error(req, f"record {index} has no primary key {pk!r}")
-        try:
-            # The keys as the source gave them: hashing fresh str ids costs more.
-            page_ids = frozenset(keys)
-        except TypeError:  # an unhashable key (an object or array)
-            page_ids = frozenset(map(str, keys))
-        self._check_repeat(page_ids)
-        # Bare tuples, not Record(...): a NamedTuple's constructor is a tenth of this
-        # path's CPU at a thousand records a page.
-        return [(str(key), item) for key, item in zip(keys, items, strict=True)]
+        return keys
 
     async def fetch(self, req: _Request) -> tuple[httpx.Response, Any]:
         """GET ``req`` with retries; return the response and its body.

@@ -196,9 +196,8 @@ class Store(Protocol):
 
         Fields given as text (JSON object text from the source) are stored as that
         text; a mapping is encoded. Upserting marks each record as seen by the lease's
-        job. A record edited locally
-        (dirty) keeps its local fields; one deleted locally stays deleted while its
-        delete is pending or sent.
+        job. A record edited locally (dirty) keeps its local fields; one deleted
+        locally stays deleted while its delete is pending or sent.
 
         Raises:
             LockLostError: the lease is no longer valid; nothing was written.
@@ -387,8 +386,11 @@ class Store(Protocol):
         ...
 
 
+def json_text(value: Any) -> str:
+    """Compact JSON text, as the stores keep it (orjson: records are on the hot path)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def fields_text(fields: Mapping[str, Any] | str) -> str:
     """A page record's fields as the JSON text a store keeps (text is kept as it is)."""
-    if isinstance(fields, str):
-        return fields
-    return orjson.dumps(fields, option=orjson.OPT_NON_STR_KEYS).decode()
+    return fields if isinstance(fields, str) else json_text(fields)

@@ -22,7 +22,6 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
@@ -61,7 +60,7 @@ from spinner_jobs.core.models import (
     TableCheckpoint,
     Workbook,
 )
-from spinner_jobs.store.base import HeldLock, Lease, SyncSummary, fields_text
+from spinner_jobs.store.base import HeldLock, Lease, SyncSummary, fields_text, json_text
 from spinner_jobs.store.secrets import AccountSecrets, Keyring, sealed_key_id
 
 P = ParamSpec("P")
@@ -189,11 +188,6 @@ AND c.state IN ('pending', 'sent') AND r.remote_id = c.remote_id
 _CHANGE_COLUMNS = (
     "change_id, seq, table_id, remote_id, op, fields, base, state, error, job_id, updated_at"
 )
-
-
-def _dumps(value: Any) -> str:
-    """Compact JSON text (orjson: the encoding of records is on the hot path)."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
@@ -411,7 +405,7 @@ class PostgresStore:
                                 position,
                                 table.name,
                                 table.connector,
-                                _dumps(table.config),
+                                json_text(table.config),
                                 table.account_id,
                             )
                             for position, table in enumerate(workbook.tables)
@@ -852,9 +846,9 @@ class PostgresStore:
                     cur.execute(
                         "UPDATE records SET fields = %s::jsonb, dirty = %s WHERE table_id = %s "
                         "AND remote_id = %s",
-                        (_dumps(merged), bool(later), table_id, new_id),
+                        (json_text(merged), bool(later), table_id, new_id),
                     )
-                rebased = _dumps({**(change.base or {}), **change.fields, **returned})
+                rebased = json_text({**(change.base or {}), **change.fields, **returned})
                 cur.execute(
                     "UPDATE changes SET base = %s::jsonb WHERE table_id = %s AND remote_id = %s "
                     "AND seq > %s AND state = 'pending' AND op != 'create'",
@@ -1070,25 +1064,25 @@ def _edit(
             "VALUES (%s, %s, %s::jsonb, true) "
             "ON CONFLICT (table_id, remote_id) DO UPDATE SET fields = excluded.fields, "
             "dirty = true",
-            (table_id, remote_id, _dumps(plan.record)),
+            (table_id, remote_id, json_text(plan.record)),
         )
     if plan.drop:
         cur.execute("DELETE FROM changes WHERE change_id = ANY(%s)", (list(plan.drop),))
     if plan.change is None:
         return
     new_op, fields, base = plan.change
-    base_json = None if base is None else _dumps(base)
+    base_json = None if base is None else json_text(base)
     if plan.in_place is not None:
         cur.execute(
             "UPDATE changes SET op = %s, fields = %s::jsonb, base = %s::jsonb, "
             "updated_at = now() WHERE change_id = %s",
-            (new_op.value, _dumps(fields), base_json, plan.in_place),
+            (new_op.value, json_text(fields), base_json, plan.in_place),
         )
     else:
         cur.execute(
             "INSERT INTO changes (change_id, table_id, remote_id, op, fields, base, state) "
             "VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, 'pending')",
-            (uuid.uuid4().hex, table_id, remote_id, new_op.value, _dumps(fields), base_json),
+            (uuid.uuid4().hex, table_id, remote_id, new_op.value, json_text(fields), base_json),
         )
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import msgspec
-import orjson
 
 from spinner_jobs.core.changes import (
     LOCAL_ID_PREFIX,
@@ -52,7 +51,7 @@ from spinner_jobs.core.models import (
     TableCheckpoint,
     Workbook,
 )
-from spinner_jobs.store.base import HeldLock, Lease, SyncSummary, fields_text
+from spinner_jobs.store.base import HeldLock, Lease, SyncSummary, fields_text, json_text
 from spinner_jobs.store.secrets import KEY_FILE_NAME, AccountSecrets, Keyring, sealed_key_id
 
 P = ParamSpec("P")
@@ -170,11 +169,6 @@ def _record_fields(text: str) -> Any:
         return msgspec.json.decode(text)
     except msgspec.DecodeError:
         return json.loads(text)
-
-
-def _dumps(value: Any) -> str:
-    """Compact JSON text (orjson: the encoding of records is on the hot path)."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
@@ -435,7 +429,7 @@ class SqliteStore:
                         position,
                         table.name,
                         table.connector,
-                        _dumps(table.config),
+                        json_text(table.config),
                         table.account_id,
                     ),
                 )
@@ -776,25 +770,33 @@ class SqliteStore:
                 "INSERT INTO records (table_id, remote_id, fields, dirty) VALUES (?, ?, ?, 1) "
                 "ON CONFLICT (table_id, remote_id) DO UPDATE SET fields = excluded.fields, "
                 "dirty = 1",
-                (table_id, remote_id, _dumps(plan.record)),
+                (table_id, remote_id, json_text(plan.record)),
             )
         for change_id in plan.drop:
             conn.execute("DELETE FROM changes WHERE change_id = ?", (change_id,))
         if plan.change is None:
             return
         op_, fields_, base = plan.change
-        base_text = None if base is None else _dumps(base)
+        base_text = None if base is None else json_text(base)
         if plan.in_place is not None:
             conn.execute(
                 "UPDATE changes SET op = ?, fields = ?, base = ?, updated_at = ? "
                 "WHERE change_id = ?",
-                (op_.value, _dumps(fields_), base_text, now, plan.in_place),
+                (op_.value, json_text(fields_), base_text, now, plan.in_place),
             )
         else:
             conn.execute(
                 "INSERT INTO changes (change_id, table_id, remote_id, op, fields, base, state, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
-                (uuid.uuid4().hex, table_id, remote_id, op_.value, _dumps(fields_), base_text, now),
+                (
+                    uuid.uuid4().hex,
+                    table_id,
+                    remote_id,
+                    op_.value,
+                    json_text(fields_),
+                    base_text,
+                    now,
+                ),
             )
 
     @_translated
@@ -898,9 +900,9 @@ class SqliteStore:
                     conn.execute(
                         "UPDATE records SET fields = ?, dirty = ? WHERE table_id = ? "
                         "AND remote_id = ?",
-                        (_dumps(merged), 1 if later else 0, table_id, new_id),
+                        (json_text(merged), 1 if later else 0, table_id, new_id),
                     )
-                rebased = _dumps({**(change.base or {}), **change.fields, **returned})
+                rebased = json_text({**(change.base or {}), **change.fields, **returned})
                 conn.execute(
                     "UPDATE changes SET base = ? WHERE table_id = ? AND remote_id = ? "
                     "AND seq > ? AND state = 'pending' AND op != 'create'",
