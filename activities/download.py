@@ -35,6 +35,7 @@ from spinner_jobs.core.errors import (
 )
 from spinner_jobs.core.models import (
     PageRecord,
+    RecordTexts,
     Table,
     TableCheckpoint,
     TableTaskInput,
@@ -229,6 +230,11 @@ def config_fingerprint(table: Table) -> str:
 
 def _distinct(records: Sequence[PageRecord]) -> Sequence[PageRecord]:
     """The page's records with each remote id once (the last occurrence wins)."""
+    if isinstance(records, RecordTexts):
+        if len(set(records.ids)) == len(records):
+            return records
+        last = dict(records)
+        return RecordTexts(list(last), list(last.values()))  # type: ignore[arg-type]
     if len({remote_id for remote_id, _ in records}) == len(records):
         return records
     return list(dict(records).items())

@@ -136,6 +136,23 @@ async def test_each_store_reads_the_records_back_as_the_source_has_them(
     assert dict(store.read_records("tbl_text", None, 10)) == expected
 
 
+async def test_an_id_repeated_within_a_decoded_page_is_stored_once_with_its_last_text(
+    local: tuple[Enqueuer, Store],
+) -> None:
+    enqueuer, store = local
+    repeated = [b'{"id": 7, "v": "first"}', b'{"id": 8, "v": "x"}', b'{"id": 7, "v": "last"}']
+
+    def route(path: str, query: dict[str, str]) -> Answer:
+        return Answer(body(repeated, None))
+
+    with Source(route) as source:
+        put_workbook(store, source.base_url)
+        await download(enqueuer)
+
+    assert store.record_ids("tbl_text") == ["7", "8"]
+    assert store.get_record("tbl_text", "7") == {"id": 7, "v": "last"}
+
+
 def test_a_number_beyond_a_double_is_read_back_not_refused(sqlite_store: SqliteStore) -> None:
     # JSON allows 1e400; orjson refuses it when parsing, the standard library reads inf.
     put_workbook(sqlite_store, "https://source.example")

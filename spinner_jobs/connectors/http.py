@@ -101,7 +101,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -146,7 +146,7 @@ from spinner_jobs.core.errors import (
     SourceRequestError,
     SourceUnavailableError,
 )
-from spinner_jobs.core.models import ConnectorAccount, PageRecord, Table
+from spinner_jobs.core.models import ConnectorAccount, PageRecord, RecordTexts, Table
 
 log = structlog.get_logger(__name__)
 
@@ -233,7 +233,7 @@ class HttpConnector:
             account=account,
             job_id=context.job_id,
         )
-        pending: asyncio.Task[tuple[list[PageRecord], _Request | None]] | None = None
+        pending: asyncio.Task[tuple[Sequence[PageRecord], _Request | None]] | None = None
         try:
             records, following = await reader.read(reader.first_request(cursor))
             while following is not None:
@@ -627,7 +627,7 @@ class _TableReader(_TableClient):
 
     # --- fetching ---
 
-    async def read(self, req: _Request) -> tuple[list[PageRecord], _Request | None]:
+    async def read(self, req: _Request) -> tuple[Sequence[PageRecord], _Request | None]:
         """Fetch one page: its records and the request for the page after it.
 
         Raises:
@@ -658,11 +658,13 @@ class _TableReader(_TableClient):
         except TypeError:  # an unhashable key (an object or array)
             page_ids = frozenset(map(str, keys))
         self._check_repeat(page_ids)
-        # Bare tuples, not Record(...): a NamedTuple's constructor is a tenth of this
-        # path's CPU at a thousand records a page.
-        records: list[PageRecord] = [
-            (str(key), item) for key, item in zip(keys, items, strict=True)
-        ]
+        records: Sequence[PageRecord]
+        if isinstance(body, DecodedPage):
+            records = RecordTexts(list(map(str, keys)), items)
+        else:
+            # Bare tuples, not Record(...): a NamedTuple's constructor is a tenth of
+            # this path's CPU at a thousand records a page.
+            records = [(str(key), item) for key, item in zip(keys, items, strict=True)]
         return records, self.next_request(req, response, values, len(items))
 
     def _first_time(self, key: str) -> bool:

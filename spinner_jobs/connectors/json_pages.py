@@ -19,6 +19,7 @@ the caller parses the body the general way, which also words the error.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -28,6 +29,10 @@ import msgspec
 __all__ = ["DecodedPage", "PageDecoder", "page_decoder"]
 
 Path = tuple[str, ...]
+
+_SEPARATOR = b"\x1e"  # ASCII record separator
+_SEPARATOR_TEXT = "\x1e"
+_KEY = operator.attrgetter("key")
 
 # A primary key the fast path takes: a string, or an integer within 64 bits. The
 # general path reads integers past 64 bits as floats, and a record's id must not depend
@@ -88,16 +93,20 @@ class PageDecoder:
         try:
             with_keys = self._keys.decode(content)
             raws = _dig_struct(self._texts.decode(content), self._selector)
-            texts = [str(memoryview(raw), "utf-8") for raw in raws]
+            # One decode for the page, not one per record: JSON text never holds a raw
+            # control character (strings must escape them), so none can be a record's.
+            texts = _SEPARATOR.join(raws).decode("utf-8").split(_SEPARATOR_TEXT) if raws else []
         except (msgspec.MsgspecError, UnicodeDecodeError):
             return None
+        if len(texts) != len(raws):
+            return None  # a separator inside a record: invalid JSON, worded by the general path
         records = _dig_struct(with_keys, self._selector)
         values: dict[str, Any] = {}
         for leaf in self._leaves:
             value = _dig_struct(with_keys, leaf)
             if value is not msgspec.UNSET:
                 _put(values, leaf, value)
-        return DecodedPage([record.key for record in records], texts, values)
+        return DecodedPage(list(map(_KEY, records)), texts, values)
 
 
 @functools.lru_cache(maxsize=256)

@@ -6,10 +6,10 @@ between workflow and activities (one model in and out of each).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import (
     BaseModel,
@@ -47,6 +47,50 @@ PageRecord = tuple[str, Mapping[str, Any] | str]
 The fields are a mapping, or a ``str`` of the record's JSON object text as the source
 sent it, which the store keeps as it is (no decoding and encoding on the hot path).
 """
+
+
+class RecordTexts(Sequence[PageRecord]):
+    """A page's records as two parallel lists: remote ids and JSON object texts.
+
+    It reads as the ``(remote_id, text)`` pairs it holds, so any caller of a page works
+    with it unchanged; a store writes it from the two lists without a tuple per record
+    built in Python (the SQLite upsert binds ``zip`` of the columns).
+    """
+
+    __slots__ = ("ids", "texts")
+
+    def __init__(self, ids: list[str], texts: list[str]) -> None:
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids for {len(texts)} record texts")
+        self.ids = ids
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[PageRecord]:
+        return zip(self.ids, self.texts, strict=True)
+
+    @overload
+    def __getitem__(self, index: int) -> PageRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> RecordTexts: ...
+    def __getitem__(self, index: int | slice) -> PageRecord | RecordTexts:
+        if isinstance(index, slice):
+            return RecordTexts(self.ids[index], self.texts[index])
+        return self.ids[index], self.texts[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RecordTexts):
+            return self.ids == other.ids and self.texts == other.texts
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable lists inside
+
+    def __repr__(self) -> str:
+        return f"RecordTexts({len(self)} records)"
 
 
 class _Model(BaseModel):
