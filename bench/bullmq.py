@@ -133,6 +133,27 @@ def http_table(workbook_id: str, data_url: str, i: int) -> Table:
     )
 
 
+def probe_workbook(workbook_id: str, data_url: str, tables: int) -> Workbook:
+    """Tables of one page of 10 records of dataset ``job-999``, the untimed job first.
+
+    The BullMQ side warms its worker the same way (a probe job on ``job-999``), so both
+    time a worker whose download path has run once: an HTTP client with its TLS
+    context, a SQLite connection, the decoders. Several tables, so that each worker
+    process on the task queue likely takes one.
+    """
+    probe = http_table(workbook_id, data_url, 999)
+    config = {**probe.config, "params": {"dataset": "job-999", "limit": 10, "cursor": 9990}}
+    return Workbook(
+        id=workbook_id,
+        organization_id=ACTOR.organization_id,
+        name="probe",
+        tables=[
+            probe.model_copy(update={"id": f"{probe.id}_{i}", "config": config})
+            for i in range(tables)
+        ],
+    )
+
+
 def demo_workbook(workbook_id: str, records: int = 10) -> Workbook:
     return Workbook(
         id=workbook_id,
@@ -262,7 +283,7 @@ async def spinner_download(
         )
     )
     warm = f"wb_warm_{workers}_{rep}"
-    store.put_workbook(demo_workbook(warm))
+    store.put_workbook(probe_workbook(warm, data_url, tables=2 * workers))
     task_queue = f"bench-{uuid.uuid4().hex[:6]}"
     try:
         with contextlib.ExitStack() as stack:

@@ -684,17 +684,23 @@ class PostgresStore:
                 # Committed before (the caller lost the answer): the same counts again.
                 return SyncSummary(deleted=0, kept_dirty=0, records=_count_seen(cur, lease))
             _check_lease(cur, lease)
-            kept = cur.execute(
-                "SELECT count(*) FROM records WHERE table_id = %s AND dirty "
-                "AND seen_by IS DISTINCT FROM %s",
-                (table_id, job_id),
+            # One pass counts the table; the delete makes a second only when some record
+            # is gone from the source (a table's first download has none).
+            counted = cur.execute(
+                "SELECT count(*) FILTER (WHERE seen_by = %(job)s), "
+                "count(*) FILTER (WHERE dirty AND seen_by IS DISTINCT FROM %(job)s), "
+                "count(*) FROM records WHERE table_id = %(table)s",
+                {"job": job_id, "table": table_id},
             ).fetchone()
-            cur.execute(
-                "DELETE FROM records WHERE table_id = %s AND NOT dirty "
-                "AND seen_by IS DISTINCT FROM %s",
-                (table_id, job_id),
-            )
-            deleted = cur.rowcount
+            seen, kept, total = (int(n) for n in counted) if counted else (0, 0, 0)
+            deleted = 0
+            if total > seen + kept:
+                cur.execute(
+                    "DELETE FROM records WHERE table_id = %s AND NOT dirty "
+                    "AND seen_by IS DISTINCT FROM %s",
+                    (table_id, job_id),
+                )
+                deleted = cur.rowcount
             cur.execute(
                 "UPDATE workbook_tables SET last_synced_at = %s, last_synced_by = %s, "
                 "locked_by = NULL, locked_at = NULL WHERE id = %s",
@@ -703,8 +709,8 @@ class PostgresStore:
             cur.execute(
                 "DELETE FROM checkpoints WHERE table_id = %s AND job_id = %s", (table_id, job_id)
             )
-            records = _count_seen(cur, lease)
-        return SyncSummary(deleted=deleted, kept_dirty=int(kept[0]) if kept else 0, records=records)
+        # The delete spared every record the job wrote: they are the table's records.
+        return SyncSummary(deleted=deleted, kept_dirty=kept, records=seen)
 
     # --- local edits and their publishing ----------------------------------------------
 

@@ -720,16 +720,21 @@ class SqliteStore:
                     deleted=0, kept_dirty=0, records=_count_seen(conn, table_id, job_id)
                 )
             _check_lease(conn, lease)
-            kept = conn.execute(
-                "SELECT count(*) FROM records WHERE table_id = ? AND dirty = 1 "
-                "AND (seen_by IS NULL OR seen_by != ?)",
-                (table_id, job_id),
-            ).fetchone()[0]
-            deleted = conn.execute(
-                "DELETE FROM records WHERE table_id = ? AND dirty = 0 "
-                "AND (seen_by IS NULL OR seen_by != ?)",
-                (table_id, job_id),
-            ).rowcount
+            # One pass counts the table; the delete makes a second only when some record
+            # is gone from the source (a table's first download has none).
+            seen, kept, total = conn.execute(
+                "SELECT coalesce(sum(seen_by = ?1), 0), "
+                "coalesce(sum(dirty = 1 AND (seen_by IS NULL OR seen_by != ?1)), 0), "
+                "count(*) FROM records WHERE table_id = ?2",
+                (job_id, table_id),
+            ).fetchone()
+            deleted = 0
+            if total > seen + kept:
+                deleted = conn.execute(
+                    "DELETE FROM records WHERE table_id = ? AND dirty = 0 "
+                    "AND (seen_by IS NULL OR seen_by != ?)",
+                    (table_id, job_id),
+                ).rowcount
             conn.execute(
                 "UPDATE workbook_tables SET last_synced_at = ?, last_synced_by = ?, "
                 "locked_by = NULL, locked_at = NULL WHERE id = ?",
@@ -738,8 +743,8 @@ class SqliteStore:
             conn.execute(
                 "DELETE FROM checkpoints WHERE table_id = ? AND job_id = ?", (table_id, job_id)
             )
-            records = _count_seen(conn, table_id, job_id)
-        return SyncSummary(deleted=deleted, kept_dirty=kept, records=records)
+        # The delete spared every record the job wrote: they are the table's records.
+        return SyncSummary(deleted=deleted, kept_dirty=kept, records=seen)
 
     # --- local edits and their publishing ----------------------------------------------
 
