@@ -77,8 +77,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of the whole machine so far, from ``/proc/stat``."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+@dataclass
+class Window:
+    """CPU of the worker processes, the source and the machine over one timed download."""
+
+    pids: list[int]
+    source_pid: int
+    worker_cpu: float = 0.0
+    source_cpu: float = 0.0
+    busy_pct: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._start = (sum(map(cpu_seconds, self.pids)), cpu_seconds(self.source_pid))
+        self._machine = machine_ticks()
+
+    def close(self) -> None:
+        self.worker_cpu = sum(map(cpu_seconds, self.pids)) - self._start[0]
+        self.source_cpu = cpu_seconds(self.source_pid) - self._start[1]
+        busy, total = machine_ticks()
+        self.busy_pct = 100 * (busy - self._machine[0]) / max(1, total - self._machine[1])
+
+
+@dataclass
+class DataServer:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def data_server(peers: Path) -> Iterator[str]:
+def data_server(peers: Path) -> Iterator[DataServer]:
     """``node dataserver.js PORT``: the deterministic cursor-paged source of both sides."""
     port = free_port()
     process = subprocess.Popen(
@@ -92,17 +126,20 @@ def data_server(peers: Path) -> Iterator[str]:
         line = process.stdout.readline()
         if not line.startswith("READY"):
             raise SystemExit(f"dataserver.js did not start: {line!r}")
-        yield f"http://127.0.0.1:{port}"
+        yield DataServer(f"http://127.0.0.1:{port}", process.pid)
     finally:
         process.terminate()
         process.wait(10)
 
 
-def run_bullmq(peers: Path, bench: str, reps: int, data_url: str) -> list[dict[str, Any]]:
-    """Run ``run-bullmq.sh BENCH REPS`` against the shared data server; its JSON lines."""
+def run_bullmq(peers: Path, bench: str, reps: int, source: DataServer) -> list[dict[str, Any]]:
+    """Run ``run-bullmq.sh BENCH REPS`` against the shared data server; its JSON lines.
+
+    The source's pid goes along (``BENCH_PIDS``), so each line counts its CPU too.
+    """
     done = subprocess.run(
         [str(peers / "run-bullmq.sh"), bench, str(reps)],
-        env={**os.environ, "DATA_URL": data_url},
+        env={**os.environ, "DATA_URL": source.url, "BENCH_PIDS": f"source={source.pid}"},
         capture_output=True,
         text=True,
         check=False,
@@ -253,6 +290,8 @@ class DownloadRun:
     records: int
     seconds: float
     worker_cpu: float
+    source_cpu: float
+    busy_pct: float
 
     @property
     def rate(self) -> float:
@@ -262,9 +301,13 @@ class DownloadRun:
     def cpu_us_per_record(self) -> float:
         return self.worker_cpu / self.records * 1e6
 
+    @property
+    def source_us_per_record(self) -> float:
+        return self.source_cpu / self.records * 1e6
+
 
 async def spinner_download(
-    address: str, folder: Path, data_url: str, rep: int, workers: int
+    address: str, folder: Path, source: DataServer, rep: int, workers: int
 ) -> DownloadRun:
     """One download of the workload by ``workers`` worker processes on one task queue.
 
@@ -272,6 +315,7 @@ async def spinner_download(
     figure is the sum of theirs.
     """
     db_url = f"sqlite:///{folder}/download-{workers}-{rep}.db"
+    data_url = source.url
     store = open_store(db_url)
     workbook_id = f"wb_dl_{workers}_{rep}"
     store.put_workbook(
@@ -297,11 +341,11 @@ async def spinner_download(
             enq = enqueuer_for(await connect_client(settings.temporal), settings, store)
             await run_job(enq, warm, within=120)  # a worker is up and polling
             await asyncio.sleep(1.0 if workers > 1 else 0)  # and the others
-            cpu0 = sum(map(cpu_seconds, pids))
+            window = Window(pids, source.pid)
             began = time.perf_counter()
             await run_job(enq, workbook_id)
             seconds = time.perf_counter() - began
-            cpu = sum(map(cpu_seconds, pids)) - cpu0
+            window.close()
         workbook = store.get_workbook(workbook_id)
         assert workbook is not None
         records = sum(store.count_records(t.id) for t in workbook.tables)
@@ -309,7 +353,7 @@ async def spinner_download(
         store.close()
     if records != DATASETS * RECORDS_PER_DATASET:
         raise RuntimeError(f"spinner-jobs stored {records} records, not {DATASETS * 10_000}")
-    return DownloadRun(records, seconds, cpu)
+    return DownloadRun(records, seconds, window.worker_cpu, window.source_cpu, window.busy_pct)
 
 
 # --- 2. small jobs --------------------------------------------------------------------
@@ -431,12 +475,17 @@ def report_download(
                 fmt(s_rate),
                 fmt(median([r.worker_cpu for r in runs]), ".2f"),
                 fmt(s_cpu, ".1f"),
+                fmt(median([r.source_us_per_record for r in runs]), ".1f"),
+                fmt(median([r.busy_pct for r in runs]), ".0f"),
             ]
         )
     b_rate = b_cpu = None
     if bull:
         b_rate = median([float(b["records_per_s"]) for b in bull])
         b_cpu = median([b["cpu_s"]["worker"] / b["records"] * 1e6 for b in bull])
+        sources = [
+            b["cpu_s"]["source"] / b["records"] * 1e6 for b in bull if "source" in b["cpu_s"]
+        ]
         rows.insert(
             0,
             [
@@ -445,14 +494,25 @@ def report_download(
                 fmt(b_rate),
                 fmt(median([float(b["cpu_s"]["worker"]) for b in bull]), ".2f"),
                 fmt(b_cpu, ".1f"),
+                fmt(median(sources) if sources else None, ".1f"),
+                fmt(median([float(b["machine_busy_pct"]) for b in bull]), ".0f"),
             ],
         )
     print_table(
         f"Download: {DATASETS} datasets x 10 pages x 1,000 records from dataserver.js, "
         f"cursor paging, 4 at once, SQLite (median of {reps})",
-        ["path", "seconds", "records/s", "worker CPU s", "worker CPU µs/record"],
+        [
+            "path",
+            "seconds",
+            "records/s",
+            "worker CPU s",
+            "worker CPU µs/record",
+            "source CPU µs/record",
+            "machine busy %",
+        ],
         rows,
     )
+    print("(source: dataserver.js, the same process for both; machine busy: both cores = 100%)")
     if b_rate and b_cpu:
         print()
         for workers, (s_rate, s_cpu) in figures.items():
@@ -527,14 +587,14 @@ async def amain() -> None:
     peers = peers_dir(args.peers)
     bull_download: list[dict[str, Any]] = []
     bull_rtt: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp, data_server(peers) as data_url:
+    with tempfile.TemporaryDirectory() as tmp, data_server(peers) as source:
         folder = Path(tmp)
         if not args.no_bullmq:
             print("BullMQ: download...", flush=True)
-            bull_download = run_bullmq(peers, "download", args.reps, data_url)
+            bull_download = run_bullmq(peers, "download", args.reps, source)
             if not args.no_small:
                 print("BullMQ: one job at a time...", flush=True)
-                bull_rtt = run_bullmq(peers, "rtt", 1, data_url)
+                bull_rtt = run_bullmq(peers, "rtt", 1, source)
         async with dev_server(folder) as address:
             spinner: dict[int, list[DownloadRun]] = {}
             for workers in (int(n) for n in args.workers.split(",")):
@@ -543,7 +603,7 @@ async def amain() -> None:
                         f"spinner-jobs: download, {workers} worker(s), {rep + 1}/{args.reps}...",
                         flush=True,
                     )
-                    run = await spinner_download(address, folder, data_url, rep, workers)
+                    run = await spinner_download(address, folder, source, rep, workers)
                     spinner.setdefault(workers, []).append(run)
             small: dict[str, LatencyRun] = {}
             if not args.no_small:

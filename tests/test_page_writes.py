@@ -4,6 +4,9 @@ SQLite upserts a page a few hundred rows per statement (powers of two, bounded b
 connection's variable limit), and a page can come as ``(remote_id, fields)`` pairs or
 as :class:`RecordTexts` columns. Every size around the chunk bounds must land exactly,
 with a repeated id keeping its last fields, on both stores.
+
+Each row carries the mark of the job that read it (``seen_mark``), which the end of a
+table's download sweeps by; rows written before the mark existed carry the job id.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 
 from spinner_jobs.core.models import PageRecord, RecordTexts, Table, TableCheckpoint, Workbook
-from spinner_jobs.store.base import Store
+from spinner_jobs.store.base import Store, seen_mark
+from spinner_jobs.store.postgres import PostgresStore
 from spinner_jobs.store.sqlite import SqliteStore
 
 SIZES = [0, 1, 2, 3, 127, 255, 256, 257, 511, 1000, 1537]
@@ -114,3 +120,59 @@ def test_record_texts_reads_as_its_pairs() -> None:
 def test_record_texts_refuses_columns_of_different_lengths() -> None:
     with pytest.raises(ValueError, match="2 ids for 1 record texts"):
         RecordTexts(["a", "b"], ['{"x": 1}'])
+
+
+def run_sql(store: Store, statement: str, *params: Any) -> None:
+    """A statement on the store's database behind its back (``?`` placeholders)."""
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as conn:
+            conn.execute(statement, params)
+        return
+    assert isinstance(store, PostgresStore)
+    with psycopg.connect(store._conninfo) as conn:
+        conn.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+
+
+def test_rows_are_marked_with_the_digest_of_the_job_id(sqlite_store: SqliteStore) -> None:
+    prepare(sqlite_store)
+    write(sqlite_store, texts_page(3, 1))
+
+    with sqlite3.connect(sqlite_store.path) as conn:
+        marks = {m for (m,) in conn.execute("SELECT seen_by FROM records")}
+    assert marks == {seen_mark("job_1")}
+    assert seen_mark("job_1") != seen_mark("job_2")
+    assert len(seen_mark("job_1")) == 17
+
+
+def test_rows_a_job_wrote_before_the_upgrade_still_count_as_its_own(any_store: Store) -> None:
+    prepare(any_store)
+    write(any_store, RecordTexts(["a1", "a2", "a3"], ['{"p": 1}'] * 3))
+    # As the version before the mark wrote them: the job id itself.
+    run_sql(any_store, "UPDATE records SET seen_by = ?", "job_1")
+    write(any_store, RecordTexts(["b1", "b2"], ['{"p": 2}'] * 2))
+
+    summary = any_store.finish_sync(any_store.lease("tbl_pages", "job_1"), datetime.now(UTC))
+
+    assert (summary.records, summary.deleted) == (5, 0)
+    assert sorted(stored(any_store)) == ["a1", "a2", "a3", "b1", "b2"]
+
+
+def test_rows_of_earlier_jobs_are_swept_whichever_way_they_are_marked(any_store: Store) -> None:
+    prepare(any_store)
+    write(any_store, RecordTexts(["gone-1", "gone-2", "kept"], ['{"v": 0}'] * 3))
+    run_sql(any_store, "UPDATE records SET seen_by = ? WHERE remote_id = ?", "job_0", "gone-1")
+    run_sql(
+        any_store,
+        "UPDATE records SET seen_by = ? WHERE remote_id != ?",
+        seen_mark("job_0"),
+        "gone-1",
+    )
+    any_store.unlock_tables(["tbl_pages"], "job_1")
+    assert any_store.lock_tables(["tbl_pages"], "job_2") == {}
+    lease = any_store.lease("tbl_pages", "job_2")
+    any_store.write_page(lease, RecordTexts(["kept"], ['{"v": 2}']), TableCheckpoint(pages=1))
+
+    summary = any_store.finish_sync(any_store.lease("tbl_pages", "job_2"), datetime.now(UTC))
+
+    assert (summary.records, summary.deleted) == (1, 2)
+    assert stored(any_store) == {"kept": {"v": 2}}

@@ -60,7 +60,14 @@ from spinner_jobs.core.models import (
     TableCheckpoint,
     Workbook,
 )
-from spinner_jobs.store.base import HeldLock, Lease, SyncSummary, fields_text, json_text
+from spinner_jobs.store.base import (
+    HeldLock,
+    Lease,
+    SyncSummary,
+    fields_text,
+    json_text,
+    seen_mark,
+)
 from spinner_jobs.store.secrets import AccountSecrets, Keyring, sealed_key_id
 
 P = ParamSpec("P")
@@ -169,7 +176,7 @@ _COPY_PAGE = "COPY pg_temp.spinner_page (ord, remote_id, fields) FROM STDIN"
 # makes concurrent writers lock rows in the same order.
 _MERGE_PAGE = """
 INSERT INTO records AS r (table_id, remote_id, fields, dirty, seen_by)
-SELECT DISTINCT ON (remote_id) %(table_id)s, remote_id, fields, false, %(job_id)s
+SELECT DISTINCT ON (remote_id) %(table_id)s, remote_id, fields, false, %(mark)s
 FROM pg_temp.spinner_page
 ORDER BY remote_id, ord DESC
 ON CONFLICT (table_id, remote_id) DO UPDATE SET
@@ -565,8 +572,8 @@ class PostgresStore:
             )
             rows = conn.execute(
                 "SELECT table_id, count(*) FROM records WHERE table_id = ANY(%s) "
-                "AND seen_by = %s GROUP BY table_id",
-                (ids, job_id),
+                "AND seen_by IN (%s, %s) GROUP BY table_id",
+                (ids, seen_mark(job_id), job_id),
             ).fetchall()
         counts = {tid: int(n) for tid, n in rows}
         return {tid: counts.get(tid, 0) for tid in ids}
@@ -577,8 +584,8 @@ class PostgresStore:
         with self._tx() as conn, conn.cursor() as cur:
             _check_lease(cur, lease)
             cur.execute(
-                "UPDATE records SET seen_by = NULL WHERE table_id = %s AND seen_by = %s",
-                (lease.table_id, lease.job_id),
+                "UPDATE records SET seen_by = NULL WHERE table_id = %s AND seen_by IN (%s, %s)",
+                (lease.table_id, seen_mark(lease.job_id), lease.job_id),
             )
             cur.execute(
                 "DELETE FROM checkpoints WHERE table_id = %s AND job_id = %s",
@@ -640,7 +647,7 @@ class PostgresStore:
                 with cur.copy(_COPY_PAGE) as copy:
                     for row in rows:
                         copy.write_row(row)
-                cur.execute(_MERGE_PAGE, {"table_id": table_id, "job_id": job_id})
+                cur.execute(_MERGE_PAGE, {"table_id": table_id, "mark": seen_mark(job_id)})
                 cur.execute(_DROP_DELETED_LOCALLY, {"table_id": table_id})
             cur.execute(
                 "INSERT INTO checkpoints (table_id, job_id, cursor, records, pages, config_hash) "
@@ -687,18 +694,19 @@ class PostgresStore:
             # One pass counts the table; the delete makes a second only when some record
             # is gone from the source (a table's first download has none).
             counted = cur.execute(
-                "SELECT count(*) FILTER (WHERE seen_by = %(job)s), "
-                "count(*) FILTER (WHERE dirty AND seen_by IS DISTINCT FROM %(job)s), "
+                "SELECT count(*) FILTER (WHERE seen_by IN (%(mark)s, %(job)s)), "
+                "count(*) FILTER (WHERE dirty AND (seen_by IS NULL "
+                "OR seen_by NOT IN (%(mark)s, %(job)s))), "
                 "count(*) FROM records WHERE table_id = %(table)s",
-                {"job": job_id, "table": table_id},
+                {"mark": seen_mark(job_id), "job": job_id, "table": table_id},
             ).fetchone()
             seen, kept, total = (int(n) for n in counted) if counted else (0, 0, 0)
             deleted = 0
             if total > seen + kept:
                 cur.execute(
                     "DELETE FROM records WHERE table_id = %s AND NOT dirty "
-                    "AND seen_by IS DISTINCT FROM %s",
-                    (table_id, job_id),
+                    "AND (seen_by IS NULL OR seen_by NOT IN (%s, %s))",
+                    (table_id, seen_mark(job_id), job_id),
                 )
                 deleted = cur.rowcount
             cur.execute(
@@ -1021,8 +1029,8 @@ def _check_lease(cur: psycopg.Cursor[TupleRow], lease: Lease) -> None:
 def _count_seen(cur: psycopg.Cursor[TupleRow], lease: Lease) -> int:
     """Records of the table written by the lease's job (distinct remote ids)."""
     row = cur.execute(
-        "SELECT count(*) FROM records WHERE table_id = %s AND seen_by = %s",
-        (lease.table_id, lease.job_id),
+        "SELECT count(*) FROM records WHERE table_id = %s AND seen_by IN (%s, %s)",
+        (lease.table_id, seen_mark(lease.job_id), lease.job_id),
     ).fetchone()
     return int(row[0]) if row else 0
 

@@ -53,7 +53,14 @@ from spinner_jobs.core.models import (
     TableCheckpoint,
     Workbook,
 )
-from spinner_jobs.store.base import HeldLock, Lease, SyncSummary, fields_text, json_text
+from spinner_jobs.store.base import (
+    HeldLock,
+    Lease,
+    SyncSummary,
+    fields_text,
+    json_text,
+    seen_mark,
+)
 from spinner_jobs.store.secrets import KEY_FILE_NAME, AccountSecrets, Keyring, sealed_key_id
 
 P = ParamSpec("P")
@@ -616,8 +623,8 @@ class SqliteStore:
         with self._write() as conn:
             _check_lease(conn, lease)
             conn.execute(
-                "UPDATE records SET seen_by = NULL WHERE table_id = ? AND seen_by = ?",
-                (lease.table_id, lease.job_id),
+                "UPDATE records SET seen_by = NULL WHERE table_id = ? AND seen_by IN (?, ?)",
+                (lease.table_id, seen_mark(lease.job_id), lease.job_id),
             )
             conn.execute(
                 "DELETE FROM checkpoints WHERE table_id = ? AND job_id = ?",
@@ -665,13 +672,13 @@ class SqliteStore:
         self, lease: Lease, records: Sequence[PageRecord], checkpoint: TableCheckpoint
     ) -> None:
         """Upsert a page and save the checkpoint in one transaction, fenced on the lease."""
-        table_id, job_id = lease.table_id, lease.job_id
+        table_id, mark = lease.table_id, seen_mark(lease.job_id)
         rows: list[tuple[str, str, str, str]]
         if isinstance(records, RecordTexts):
             # Straight from the columns: no tuple per record built in Python bytecode.
-            rows = list(zip(repeat(table_id), records.ids, records.texts, repeat(job_id)))
+            rows = list(zip(repeat(table_id), records.ids, records.texts, repeat(mark)))
         else:
-            rows = [(table_id, rid, fields_text(fields), job_id) for rid, fields in records]
+            rows = [(table_id, rid, fields_text(fields), mark) for rid, fields in records]
         with self._write() as conn:
             _check_lease(conn, lease)
             _upsert_page(conn, rows)
@@ -681,7 +688,7 @@ class SqliteStore:
                 "(table_id, job_id, cursor, records, pages, config_hash) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     table_id,
-                    job_id,
+                    lease.job_id,
                     checkpoint.cursor,
                     checkpoint.records,
                     checkpoint.pages,
@@ -723,17 +730,17 @@ class SqliteStore:
             # One pass counts the table; the delete makes a second only when some record
             # is gone from the source (a table's first download has none).
             seen, kept, total = conn.execute(
-                "SELECT coalesce(sum(seen_by = ?1), 0), "
-                "coalesce(sum(dirty = 1 AND (seen_by IS NULL OR seen_by != ?1)), 0), "
-                "count(*) FROM records WHERE table_id = ?2",
-                (job_id, table_id),
+                "SELECT coalesce(sum(seen_by IN (?1, ?2)), 0), "
+                "coalesce(sum(dirty = 1 AND (seen_by IS NULL OR seen_by NOT IN (?1, ?2))), 0), "
+                "count(*) FROM records WHERE table_id = ?3",
+                (seen_mark(job_id), job_id, table_id),
             ).fetchone()
             deleted = 0
             if total > seen + kept:
                 deleted = conn.execute(
                     "DELETE FROM records WHERE table_id = ? AND dirty = 0 "
-                    "AND (seen_by IS NULL OR seen_by != ?)",
-                    (table_id, job_id),
+                    "AND (seen_by IS NULL OR seen_by NOT IN (?, ?))",
+                    (table_id, seen_mark(job_id), job_id),
                 ).rowcount
             conn.execute(
                 "UPDATE workbook_tables SET last_synced_at = ?, last_synced_by = ?, "
@@ -1130,7 +1137,8 @@ def _check_lease(conn: sqlite3.Connection, lease: Lease) -> None:
 def _count_seen(conn: sqlite3.Connection, table_id: str, job_id: str) -> int:
     """Records of the table written by ``job_id`` (distinct remote ids)."""
     row = conn.execute(
-        "SELECT count(*) FROM records WHERE table_id = ? AND seen_by = ?", (table_id, job_id)
+        "SELECT count(*) FROM records WHERE table_id = ? AND seen_by IN (?, ?)",
+        (table_id, seen_mark(job_id), job_id),
     ).fetchone()
     return int(row[0])
 
