@@ -4,9 +4,11 @@
    x 1,000 records by cursor. BullMQ (``shared/peers/run-bullmq.sh download``) runs 20
    jobs, 4 at once, upserting into SQLite. spinner-jobs downloads the same datasets as
    20 ``http`` tables (cursor paginator) of one job with parallelism 4, into a SQLite
-   store, on a private dev server with one separate ``spinner-jobs worker`` process.
-   Printed: records/s and worker CPU per record (the worker process's CPU time from the
-   first enqueue to the last result, as the BullMQ side measures it), and the ratios.
+   store, on a private dev server with one (or more: ``--workers``) separate
+   ``spinner-jobs worker`` processes. The sides take turns, one run each. Printed:
+   records/s and worker CPU per record (the worker processes' CPU time from the first
+   enqueue to the last result, as the BullMQ side measures it), the source's CPU per
+   record and how busy the machine was, and the ratios.
 2. Small jobs, one at a time (enqueue, then wait for the result), worker already
    running: a job of 1 table of 10 records in (a) one process holding enqueuer and
    worker, (b) a separate worker process; (c) a bare Temporal workflow with one trivial
@@ -589,22 +591,32 @@ async def amain() -> None:
     bull_rtt: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, data_server(peers) as source:
         folder = Path(tmp)
-        if not args.no_bullmq:
-            print("BullMQ: download...", flush=True)
-            bull_download = run_bullmq(peers, "download", args.reps, source)
-            if not args.no_small:
-                print("BullMQ: one job at a time...", flush=True)
-                bull_rtt = run_bullmq(peers, "rtt", 1, source)
         async with dev_server(folder) as address:
+            # The two sides take turns, run by run: a machine that drifts (other tenants,
+            # a warmer page cache) weighs on both alike.
             spinner: dict[int, list[DownloadRun]] = {}
-            for workers in (int(n) for n in args.workers.split(",")):
-                for rep in range(args.reps):
+            counts = [int(n) for n in args.workers.split(",")]
+            for rep in range(args.reps):
+                if not args.no_bullmq:
+                    print(f"BullMQ: download, {rep + 1}/{args.reps}...", end=" ", flush=True)
+                    bull = run_bullmq(peers, "download", 1, source)
+                    bull_download.extend(bull)
+                    print(
+                        f"{bull[0]['records_per_s']:,} records/s, "
+                        f"{bull[0]['cpu_s']['worker'] / bull[0]['records'] * 1e6:.1f} µs/record"
+                    )
+                for workers in counts:
                     print(
                         f"spinner-jobs: download, {workers} worker(s), {rep + 1}/{args.reps}...",
+                        end=" ",
                         flush=True,
                     )
                     run = await spinner_download(address, folder, source, rep, workers)
+                    print(f"{run.rate:,.0f} records/s, {run.cpu_us_per_record:.1f} µs/record")
                     spinner.setdefault(workers, []).append(run)
+            if not args.no_bullmq and not args.no_small:
+                print("BullMQ: one job at a time...", flush=True)
+                bull_rtt = run_bullmq(peers, "rtt", 1, source)
             small: dict[str, LatencyRun] = {}
             if not args.no_small:
                 print("small jobs: monolith, separate worker, bare Temporal...", flush=True)
