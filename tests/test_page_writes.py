@@ -130,7 +130,7 @@ def run_sql(store: Store, statement: str, *params: Any) -> None:
         return
     assert isinstance(store, PostgresStore)
     with psycopg.connect(store._conninfo) as conn:
-        conn.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+        conn.execute(statement.replace("?", "%s"), params)
 
 
 def test_rows_are_marked_with_the_digest_of_the_job_id(sqlite_store: SqliteStore) -> None:
