@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
@@ -163,6 +164,13 @@ class DevServer:
                     f"temporal dev server not up at {address} after {startup_timeout}s"
                 )
             await asyncio.sleep(0.1)
+        # An open port is not yet a serving frontend: a call made at once can meet
+        # "Frontend is not healthy yet". Wait for the health check to say SERVING.
+        while not await _serving(address):
+            if process.poll() is not None or loop.time() > deadline:
+                server.stop()
+                raise TimeoutError(f"temporal dev server at {address} never reported healthy")
+            await asyncio.sleep(0.1)
         log.info("dev_server_started", address=address, ui_port=ui_port, db_file=str(db_file))
         return server
 
@@ -176,6 +184,15 @@ class DevServer:
                 self.process.kill()
                 self.process.wait()
         log.info("dev_server_stopped", address=self.address)
+
+
+async def _serving(address: str) -> bool:
+    """Whether the frontend at ``address`` answers its gRPC health check with SERVING."""
+    try:
+        client = await Client.connect(address)
+        return await client.service_client.check_health(timeout=timedelta(seconds=2))
+    except (RPCError, RuntimeError):  # not accepting clients, or not serving yet
+        return False
 
 
 def _spawn(args: list[str], db_file: Path | None, log_file: Path | None) -> subprocess.Popen[bytes]:
