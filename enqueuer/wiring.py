@@ -13,6 +13,7 @@ import httpx
 from activities.notify import WebhookSender
 from activities.tables import WorkParts
 from enqueuer.settings import Settings
+from spinner_jobs.connectors.http_guard import cookie_free_jar
 from spinner_jobs.connectors.registry import ConnectorRegistry, default_connectors
 from spinner_jobs.store.base import Store
 
@@ -34,7 +35,7 @@ def open_webhook(settings: Settings) -> tuple[WebhookSender | None, httpx.AsyncC
     hook = settings.webhook
     if not hook.url:
         return None, None
-    http = httpx.AsyncClient(timeout=hook.timeout.total_seconds())
+    http = httpx.AsyncClient(timeout=hook.timeout.total_seconds(), cookies=cookie_free_jar())
     secret = hook.secret.get_secret_value() if hook.secret else None
     return WebhookSender(hook.url, secret, http), http
 

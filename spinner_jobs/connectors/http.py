@@ -129,6 +129,7 @@ from spinner_jobs.connectors.http_guard import (
     GuardedTransport,
     IPNetwork,
     Resolver,
+    cookie_free_jar,
     literal_address,
     system_resolver,
 )
@@ -334,6 +335,7 @@ class HttpConnector:
                 ),
                 trust_env=False,  # nothing from the environment (proxies, certificates)
                 follow_redirects=False,  # followed by hand, so credentials stay on origin
+                cookies=cookie_free_jar(),  # one client serves every organization's tables
                 headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
             )
         return self._client

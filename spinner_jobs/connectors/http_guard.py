@@ -17,13 +17,20 @@ so a DNS answer that changes between them (DNS rebinding) cannot slip through, a
 every request path (the first URL, each redirect hop, each next link) passes through
 the same gate. TLS still verifies the certificate against the host name, as httpcore
 passes the URL's host as the server name when it starts TLS.
+
+The clients hold no cookies either (:func:`cookie_free_jar`): one pooled client reads
+the tables of every organization, and a cookie one source set (a session that one
+organization's credentials opened) would otherwise go back with the requests of every
+other table on that host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from http.cookiejar import Cookie, CookieJar, CookiePolicy
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
@@ -303,3 +310,28 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=GuardedNetworkBackend(policy, resolver=resolver),
         )
+
+
+class _NoCookies(CookiePolicy):
+    """A cookie policy that accepts no cookie and returns none."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie: Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+    def return_ok(self, cookie: Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: urllib.request.Request) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: urllib.request.Request) -> bool:
+        return False
+
+
+def cookie_free_jar() -> CookieJar:
+    """A cookie jar for an ``httpx`` client that never stores or sends a cookie."""
+    return CookieJar(policy=_NoCookies())
