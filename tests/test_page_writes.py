@@ -90,6 +90,18 @@ def test_a_repeated_id_keeps_its_last_fields_across_statement_bounds(
     assert got["r00298"] == {"n": 298}
 
 
+@pytest.mark.parametrize("ids", [["a", "a"], ["a", "b", "a", "c"], ["x", "a", "a", "a"]])
+def test_a_repeated_id_within_one_statement_keeps_its_last_fields(
+    any_store: Store, ids: list[str]
+) -> None:
+    prepare(any_store)
+    # Pages of 2 and 4 records: one statement each.
+    write(any_store, RecordTexts(ids, [json.dumps({"n": n}) for n in range(len(ids))]))
+
+    last = {rid: {"n": n} for n, rid in enumerate(ids)}
+    assert stored(any_store) == last
+
+
 @pytest.mark.parametrize("limit", [7, 999, 4000])
 def test_a_low_variable_limit_still_writes_the_whole_page(
     sqlite_store: SqliteStore, limit: int
