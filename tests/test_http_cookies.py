@@ -1,4 +1,4 @@
-"""No source's cookie travels: the http connector never stores a cookie nor sends one.
+"""No cookie travels: the http connector and the webhook sender store and send none.
 
 One connector (one pooled HTTP client) reads the tables of every organization. A cookie
 that a source sets while one organization's table is read (a session its credentials
@@ -12,15 +12,19 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from pydantic import SecretStr
 
+from enqueuer.settings import Settings
+from enqueuer.wiring import open_webhook
 from spinner_jobs.connectors.base import ReadContext
 from spinner_jobs.connectors.http import HttpConnector
-from spinner_jobs.core.models import Table
+from spinner_jobs.core.models import EventKind, JobEvent, Table
 
 SESSION = "session=opened-by-org-a-0123456789"
 
@@ -34,6 +38,14 @@ class CookieSource:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # a webhook delivery
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                source.seen.append(("webhook", self.headers.get("Cookie")))
+                self.send_response(204)
+                self.send_header("Set-Cookie", f"{SESSION}; Path=/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def do_GET(self) -> None:
                 query = dict(parse_qsl(urlsplit(self.path).query))
@@ -124,3 +136,29 @@ async def test_no_cookie_goes_back_even_to_the_table_that_was_given_it(
     await read(conn, table("tbl_org_a", source.base_url, "a"), "job-a")
 
     assert [cookie for _, cookie in source.seen] == [None, None, None]
+
+
+async def test_the_webhook_sender_keeps_no_cookie_its_receiver_sets(
+    source: CookieSource, tmp_path: Any
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path, webhook={"url": f"{source.base_url}/hook", "secret": SecretStr("s")}
+    )
+    sender, client = open_webhook(settings)
+    assert sender is not None
+    assert client is not None
+    try:
+        for kind in (EventKind.PROGRESS, EventKind.JOB_COMPLETED):
+            await sender.send(
+                JobEvent(
+                    event_id=f"job-1:{kind}",
+                    kind=kind,
+                    job_id="job-1",
+                    workbook_id="wb_1",
+                    at=datetime.now(UTC),
+                )
+            )
+    finally:
+        await client.aclose()
+
+    assert source.seen == [("webhook", None), ("webhook", None)]
