@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from temporalio import activity
 from temporalio.client import Client
 
@@ -21,6 +23,8 @@ from spinner_jobs.connectors.demo import DemoConnector
 from spinner_jobs.connectors.registry import ConnectorRegistry
 from spinner_jobs.core.models import ConnectorAccount, Table
 from spinner_jobs.store.base import Store
+from spinner_jobs.store.postgres import PostgresStore
+from spinner_jobs.store.sqlite import SqliteStore
 from spinner_jobs.worker.main import build_worker
 
 
@@ -114,3 +118,14 @@ async def eventually(
 def demo(records: int, page_size: int = 100, **extra: Any) -> Mapping[str, Any]:
     """A demo table config."""
     return {"records": records, "page_size": page_size, **extra}
+
+
+def run_sql(store: Store, statement: str, *params: Any) -> None:
+    """A statement on the store's database behind its back (``?`` placeholders)."""
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as conn:
+            conn.execute(statement, params)
+        return
+    assert isinstance(store, PostgresStore)
+    with psycopg.connect(store._conninfo) as conn:
+        conn.execute(statement.replace("?", "%s"), params)

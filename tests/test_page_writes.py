@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import pytest
 
 from spinner_jobs.core.models import PageRecord, RecordTexts, Table, TableCheckpoint, Workbook
 from spinner_jobs.store.base import Store, seen_mark
-from spinner_jobs.store.postgres import PostgresStore
 from spinner_jobs.store.sqlite import SqliteStore
+from tests.helpers import run_sql
 
 SIZES = [0, 1, 2, 3, 127, 255, 256, 257, 511, 1000, 1537]
 
@@ -132,17 +131,6 @@ def test_record_texts_reads_as_its_pairs() -> None:
 def test_record_texts_refuses_columns_of_different_lengths() -> None:
     with pytest.raises(ValueError, match="2 ids for 1 record texts"):
         RecordTexts(["a", "b"], ['{"x": 1}'])
-
-
-def run_sql(store: Store, statement: str, *params: Any) -> None:
-    """A statement on the store's database behind its back (``?`` placeholders)."""
-    if isinstance(store, SqliteStore):
-        with sqlite3.connect(store.path) as conn:
-            conn.execute(statement, params)
-        return
-    assert isinstance(store, PostgresStore)
-    with psycopg.connect(store._conninfo) as conn:
-        conn.execute(statement.replace("?", "%s"), params)
 
 
 def test_rows_are_marked_with_the_digest_of_the_job_id(sqlite_store: SqliteStore) -> None:

@@ -17,6 +17,7 @@ from spinner_jobs.store import Store, open_store
 from spinner_jobs.store.postgres import PostgresStore
 from spinner_jobs.store.secrets import Keyring, new_key
 from spinner_jobs.store.sqlite import SqliteStore
+from tests.helpers import run_sql
 from tests.pg import fresh_schema
 
 SECRET = "tok-4b1d-very-secret-value"
@@ -68,16 +69,6 @@ def _raw_secret(store: Store, account_id: str) -> str:
         ).fetchone()
         assert row is not None
         return str(row[0])
-
-
-def _set_raw(store: Store, sql_sqlite: str, sql_pg: str, *params: object) -> None:
-    if isinstance(store, SqliteStore):
-        with sqlite3.connect(store.path) as conn:
-            conn.execute(sql_sqlite, params)
-        return
-    assert isinstance(store, PostgresStore)
-    with psycopg.connect(store._conninfo) as conn:
-        conn.execute(sql_pg, params)
 
 
 def _account(
@@ -142,10 +133,9 @@ def test_a_secret_moved_to_another_account_does_not_decrypt(open_with: StoreFact
     store = open_with(KEY_A)
     store.put_account(_account("acct_a", "org_a", "secret-of-a"))
     store.put_account(_account("acct_b", "org_b", "secret-of-b"))
-    _set_raw(
+    run_sql(
         store,
         "UPDATE connector_accounts SET secret = ? WHERE id = ?",
-        "UPDATE connector_accounts SET secret = %s WHERE id = %s",
         _raw_secret(store, "acct_a"),
         "acct_b",
     )
@@ -179,10 +169,9 @@ def test_plain_rows_of_older_versions_are_read_and_encrypted_on_next_write(
     open_with: StoreFactory,
 ) -> None:
     store = open_with(KEY_A)
-    _set_raw(
+    run_sql(
         store,
         "INSERT INTO connector_accounts VALUES (?, ?, ?, ?, ?)",
-        "INSERT INTO connector_accounts VALUES (%s, %s, %s, %s, %s)",
         "acct_old",
         "org_1",
         "bearer",
