@@ -642,10 +642,11 @@ class _TableReader(_TableClient):
             # The first page's own URL, so a next link back to it is a repeat too.
             self._first_time(str(response.url))
         self._pages += 1
-        items: list[Any]
+        records: Sequence[PageRecord]
         if isinstance(body, DecodedPage):
             # Keys and paginator values read by the decoder; each record is its text.
-            keys, items, values = body.keys, body.texts, body.values
+            keys, values = body.keys, body.values
+            records = RecordTexts(list(map(str, keys)), body.texts)
         else:
             found = body if not self.selector else _dig(body, self.selector)
             if not isinstance(found, list):
@@ -653,21 +654,17 @@ class _TableReader(_TableClient):
                 raise self._body_error(
                     req, f"records at {where} are not a list (got {_json_kind(found)})"
                 )
-            items, keys, values = found, self._keys(req, found), body
+            keys, values = self._keys(req, found), body
+            # Bare tuples, not Record(...): a NamedTuple's constructor is a tenth of
+            # this path's CPU at a thousand records a page.
+            records = [(str(key), item) for key, item in zip(keys, found, strict=True)]
         try:
             # The keys as the source gave them: hashing fresh str ids costs more.
             page_ids = frozenset(keys)
         except TypeError:  # an unhashable key (an object or array)
             page_ids = frozenset(map(str, keys))
         self._check_repeat(page_ids)
-        records: Sequence[PageRecord]
-        if isinstance(body, DecodedPage):
-            records = RecordTexts(list(map(str, keys)), items)
-        else:
-            # Bare tuples, not Record(...): a NamedTuple's constructor is a tenth of
-            # this path's CPU at a thousand records a page.
-            records = [(str(key), item) for key, item in zip(keys, items, strict=True)]
-        return records, self.next_request(req, response, values, len(items))
+        return records, self.next_request(req, response, values, len(records))
 
     def _first_time(self, key: str) -> bool:
         """Remember ``key`` (a URL or token); False when it was seen before in this read."""
