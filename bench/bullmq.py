@@ -456,6 +456,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def bull_cpu_us_per_record(run: dict[str, Any]) -> float:
+    """A BullMQ download line's worker CPU per record, in µs."""
+    return float(run["cpu_s"]["worker"]) / float(run["records"]) * 1e6
+
+
 def fmt(value: float | None, spec: str = ",.0f") -> str:
     return "—" if value is None or math.isnan(value) else format(value, spec)
 
@@ -484,7 +489,7 @@ def report_download(
     b_rate = b_cpu = None
     if bull:
         b_rate = median([float(b["records_per_s"]) for b in bull])
-        b_cpu = median([b["cpu_s"]["worker"] / b["records"] * 1e6 for b in bull])
+        b_cpu = median([bull_cpu_us_per_record(b) for b in bull])
         sources = [
             b["cpu_s"]["source"] / b["records"] * 1e6 for b in bull if "source" in b["cpu_s"]
         ]
@@ -603,7 +608,7 @@ async def amain() -> None:
                     bull_download.extend(bull)
                     print(
                         f"{bull[0]['records_per_s']:,} records/s, "
-                        f"{bull[0]['cpu_s']['worker'] / bull[0]['records'] * 1e6:.1f} µs/record"
+                        f"{bull_cpu_us_per_record(bull[0]):.1f} µs/record"
                     )
                 for workers in counts:
                     print(
