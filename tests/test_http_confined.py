@@ -362,6 +362,25 @@ def test_credential_headers_in_a_config_are_refused(header: str) -> None:
     assert SECRET not in message
 
 
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"X-Trace": "a\r\nX-Injected: 1"}, "control character"),
+        ({"X-Trace": "a\nb"}, "control character"),
+        ({"X-Trace": "a\x00b"}, "control character"),
+        ({"Bad Name": "x"}, "not a valid HTTP header name"),
+        ({"X-Trace:": "x"}, "not a valid HTTP header name"),
+        ({"": "x"}, "not a valid HTTP header name"),
+    ],
+)
+def test_headers_that_would_break_the_request_are_refused(
+    headers: dict[str, str], problem: str
+) -> None:
+    config = {"base_url": "https://api.example.com", "paginator": "single_page", "headers": headers}
+    with pytest.raises(InvalidTableConfigError, match=problem):
+        HttpConnector().validate_config(config)
+
+
 def test_a_user_and_password_in_the_url_are_refused() -> None:
     config = {"base_url": f"https://user:{SECRET}@api.example.com", "paginator": "single_page"}
     with pytest.raises(InvalidTableConfigError, match="must not carry a user") as caught:

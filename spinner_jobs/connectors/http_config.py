@@ -313,7 +313,12 @@ class HttpTableConfig(_Config):
     @field_validator("headers")
     @classmethod
     def _no_credentials(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name[:40]!r} is not a valid HTTP header name")
+            if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in text):
+                # A line break would end the header and start another (header injection).
+                raise ValueError(f"header {name!r} has a control character in its value")
             if is_credential_name(name):
                 raise ValueError(f"header {name!r} carries a credential; {ACCOUNT_HINT}")
         return value
@@ -324,6 +329,10 @@ class HttpTableConfig(_Config):
         if not self.path:
             return self.base_url
         return f"{self.base_url.rstrip('/')}/{self.path.lstrip('/')}"
+
+
+# RFC 9110's token: the characters a header name may have.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _no_credential_in_query(url: str) -> None:
