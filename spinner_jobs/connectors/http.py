@@ -96,10 +96,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
-import importlib.util
 import math
 import random
-import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,9 +105,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import aiohttp
 import httpx
 import orjson
 import structlog
+import yarl
 
 from spinner_jobs.connectors.base import Page, ReadContext
 from spinner_jobs.connectors.http_config import (
@@ -126,10 +126,9 @@ from spinner_jobs.connectors.http_config import (
 )
 from spinner_jobs.connectors.http_guard import (
     AddressPolicy,
-    GuardedTransport,
     IPNetwork,
     Resolver,
-    cookie_free_jar,
+    guarded_connector,
     literal_address,
     system_resolver,
 )
@@ -151,7 +150,7 @@ from spinner_jobs.core.models import ConnectorAccount, PageRecord, RecordTexts, 
 
 log = structlog.get_logger(__name__)
 
-_USER_AGENT = "spinner-jobs/0.1 (+httpx)"
+_USER_AGENT = "spinner-jobs/0.1 (+aiohttp)"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _EXCERPT = 80  # longest piece of source-controlled text (a body, a path) in a message
@@ -185,12 +184,8 @@ class HttpConnector:
         """
         self._policy = AddressPolicy(allowed_networks)
         self._resolver = resolver
-        self._limits = httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
-        )
-        self._client: httpx.AsyncClient | None = None
+        self._max_connections = max_connections
+        self._client: aiohttp.ClientSession | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._limiters: dict[tuple[str, float], _RateLimiter] = {}
 
@@ -320,23 +315,27 @@ class HttpConnector:
         """Close the pooled client (a later read opens a new one)."""
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await client.close()
 
-    def _get_client(self) -> httpx.AsyncClient:
+    def _get_client(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         # Pooled connections belong to the loop that opened them; a registry reused
         # under a new loop (a second asyncio.run) gets a fresh client.
-        if self._client is None or self._client.is_closed or self._client_loop is not loop:
-            _remember_missing_sniffio()
+        if self._client is None or self._client.closed or self._client_loop is not loop:
             self._client_loop = loop
-            self._client = httpx.AsyncClient(
-                transport=GuardedTransport(
-                    self._policy, limits=self._limits, resolver=self._resolver
+            self._client = aiohttp.ClientSession(
+                connector=guarded_connector(
+                    self._policy,
+                    limit=self._max_connections,
+                    resolver=self._resolver,
+                    # The CA bundle httpx ships (certifi), not the environment's.
+                    ssl_context=httpx.create_ssl_context(trust_env=False),
                 ),
-                trust_env=False,  # nothing from the environment (proxies, certificates)
-                follow_redirects=False,  # followed by hand, so credentials stay on origin
-                cookies=cookie_free_jar(),  # one client serves every organization's tables
+                trust_env=False,  # nothing from the environment (proxies, .netrc)
+                cookie_jar=aiohttp.DummyCookieJar(),  # one client serves every organization
                 headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
+                # The table's timeout bounds each whole request (asyncio.timeout).
+                timeout=aiohttp.ClientTimeout(total=None),
             )
         return self._client
 
@@ -348,19 +347,6 @@ class HttpConnector:
         if limiter is None:
             limiter = self._limiters[key] = _RateLimiter(cfg.requests_per_second)
         return limiter
-
-
-def _remember_missing_sniffio() -> None:
-    """Make a failed ``import sniffio`` cheap when sniffio is not installed.
-
-    httpcore imports sniffio on every request to detect the async library and falls
-    back to asyncio when it is missing; a failed import is not cached, and the
-    filesystem search it repeats cost about 1.3 ms per request here (a tenth of a
-    1000-record page). A ``None`` entry in ``sys.modules`` makes the import fail at
-    once, with the same outcome.
-    """
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
 def _consume_outcome(task: asyncio.Task[Any]) -> None:
@@ -407,7 +393,7 @@ class _TableClient:
         *,
         table_id: str,
         cfg: HttpTableConfig,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         limiter: _RateLimiter | None,
         account: ConnectorAccount | None,
         job_id: str | None,
@@ -453,7 +439,7 @@ class _TableClient:
         # short: a next link's path is chosen by the source.
         return _excerpt(self._redact(_path_of(url)), _EXCERPT)
 
-    def _body_excerpt(self, response: httpx.Response, content: bytes) -> str:
+    def _body_excerpt(self, response: aiohttp.ClientResponse, content: bytes) -> str:
         """A short, clean excerpt of an error body, hidden values removed first."""
         text = self._redact(_text_of(response, content))
         if len(content) >= _ERROR_BODY_BYTES and self._longest_hidden:
@@ -462,11 +448,11 @@ class _TableClient:
             text = text[: max(0, len(text) - self._longest_hidden + 1)]
         return _excerpt(text, _EXCERPT)
 
-    async def _read_start(self, response: httpx.Response) -> bytes:
+    async def _read_start(self, response: aiohttp.ClientResponse) -> bytes:
         """The first ``_ERROR_BODY_BYTES`` of a body only an error's excerpt shows."""
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.content.iter_any():
             chunks.append(chunk)
             size += len(chunk)
             if size >= _ERROR_BODY_BYTES:
@@ -482,7 +468,7 @@ class _TableReader(_TableClient):
         *,
         table_id: str,
         cfg: HttpTableConfig,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         limiter: _RateLimiter | None,
         account: ConnectorAccount | None,
         job_id: str,
@@ -496,9 +482,8 @@ class _TableReader(_TableClient):
             job_id=job_id,
         )
         self.pager = cfg.paginator
-        # Query parameters of every request built from the config: httpx replaces a
-        # URL's own query with the params it is given, so base_url's and path's query
-        # go in first, and `params` win over them.
+        # Query parameters of every request built from the config: base_url's and
+        # path's query go in first, and `params` win over them.
         self.params: dict[str, Any] = {**httpx.URL(cfg.endpoint).params, **cfg.params}
         self.selector = _split_path(cfg.data_selector)
         self.pk = cfg.primary_key
@@ -560,7 +545,7 @@ class _TableReader(_TableClient):
         return _Request(endpoint, params, "")
 
     def next_request(
-        self, req: _Request, response: httpx.Response, body: Any, count: int
+        self, req: _Request, response: aiohttp.ClientResponse, body: Any, count: int
     ) -> _Request | None:
         """Return the request for the page after ``req`` (``None``: ``req`` was the last)."""
         pager = self.pager
@@ -568,8 +553,10 @@ class _TableReader(_TableClient):
             link = _dig(body, self._path(pager.next_url_path))
             return self._link_request(req, response, link if isinstance(link, str) else None)
         if isinstance(pager, HeaderLinkPaginator):
-            link = response.links.get(pager.links_next_key, {}).get("url")
-            return self._link_request(req, response, link)
+            found = response.links.get(pager.links_next_key)
+            link = found.get("url") if found is not None else None
+            # aiohttp gives the link resolved against the response's URL.
+            return self._link_request(req, response, None if link is None else str(link))
         if isinstance(pager, CursorPaginator):
             token = _dig(body, self._path(pager.cursor_path))
             if token is None or token is _MISSING or token == "" or isinstance(token, bool):
@@ -612,12 +599,12 @@ class _TableReader(_TableClient):
         return None
 
     def _link_request(
-        self, req: _Request, response: httpx.Response, link: str | None
+        self, req: _Request, response: aiohttp.ClientResponse, link: str | None
     ) -> _Request | None:
         if not link:
             return None
-        # Most APIs send absolute links; httpx's URL join is a measurable part of a page.
-        url = link if link.startswith(_SCHEMES) else str(response.url.join(link))
+        # Most APIs send absolute links; a URL join is a measurable part of a page.
+        url = link if link.startswith(_SCHEMES) else str(httpx.URL(str(response.url)).join(link))
         if not url.startswith(_SCHEMES):
             raise self._body_error(req, "the next link is not an http(s) URL")
         if not self._first_time(url):
@@ -709,7 +696,7 @@ class _TableReader(_TableClient):
                     raise self._body_error(req, f"record {index} has no primary key {pk!r}")
         return keys
 
-    async def fetch(self, req: _Request) -> tuple[httpx.Response, Any]:
+    async def fetch(self, req: _Request) -> tuple[aiohttp.ClientResponse, Any]:
         """GET ``req`` with retries; return the response and its body.
 
         The body is a :class:`DecodedPage` when it has the expected shape (records
@@ -732,19 +719,19 @@ class _TableReader(_TableClient):
                 raise SourceAddressRefusedError(
                     f"table {self.table_id!r}: GET {self._shown_path(req.url)} refused: {exc}"
                 ) from None
-            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
+            except _UNSENDABLE as exc:
                 raise SourceRequestError(
                     f"table {self.table_id!r}: cannot send GET {self._shown_path(req.url)}: "
                     f"{self._redact(exc)}; check base_url, path and headers"
                 ) from None
-            except (httpx.TransportError, httpx.DecodingError) as exc:
-                last = f"{type(exc).__name__}: {self._redact(exc) or 'no detail'}"
+            except aiohttp.ClientError as exc:
+                last = self._redact(_network_failure(exc))
                 status = 0
             except TimeoutError:
                 last = f"no complete answer within the table's timeout ({cfg.timeout:g}s)"
                 status = 0
             else:
-                status = response.status_code
+                status = response.status
                 if 200 <= status < 300:
                     # Records kept as the source's text; a body of another shape
                     # (or not JSON at all) is parsed the general way.
@@ -789,7 +776,7 @@ class _TableReader(_TableClient):
             "the job's retry policy will try again"
         )
 
-    async def _get_following_redirects(self, req: _Request) -> tuple[httpx.Response, bytes]:
+    async def _get_following_redirects(self, req: _Request) -> tuple[aiohttp.ClientResponse, bytes]:
         """GET ``req``, following redirects; return the last response and its body.
 
         A 2xx body is read whole, up to ``max_page_bytes``; of another status, only
@@ -799,21 +786,19 @@ class _TableReader(_TableClient):
         url, params = req.url, req.params
         for _ in range(_MAX_REDIRECTS + 1):
             target = httpx.URL(url)
+            if params is not None:
+                target = target.copy_merge_params(params)
             headers = self.origin_headers if _origin(target) == self.origin else None
-            request = client.build_request(
-                "GET", target, params=params, headers=headers, timeout=self.cfg.timeout
-            )
-            response = await client.send(request, stream=True)
-            try:
-                status = response.status_code
+            async with client.get(
+                _wire(target), headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
                 location = response.headers.get("location")
                 if status not in _REDIRECTS or not location:
                     if 200 <= status < 300:
                         return response, await self._read_page(req, response)
                     return response, await self._read_start(response)
-            finally:
-                await response.aclose()
-            url, params = str(response.url.join(location)), None
+            url, params = str(target.join(location)), None
             if not url.startswith(_SCHEMES):
                 raise SourceRequestError(
                     f"table {self.table_id!r}: GET {self._shown_path(req.url)} redirects to a "
@@ -824,15 +809,15 @@ class _TableReader(_TableClient):
             f"{self._shown_path(req.url)}; check base_url"
         )
 
-    async def _read_page(self, req: _Request, response: httpx.Response) -> bytes:
+    async def _read_page(self, req: _Request, response: aiohttp.ClientResponse) -> bytes:
         """The (decompressed) body, or ``SourcePageTooLargeError`` past ``max_page_bytes``."""
         cap = self.cfg.max_page_bytes
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
-            raise self._too_large(req, f" (it announces {int(declared):,})")
+        declared = response.content_length
+        if declared is not None and declared > cap:
+            raise self._too_large(req, f" (it announces {declared:,})")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.content.iter_any():
             size += len(chunk)
             if size > cap:
                 raise self._too_large(req, "")
@@ -842,9 +827,9 @@ class _TableReader(_TableClient):
     # --- errors ---
 
     def _status_error(
-        self, req: _Request, response: httpx.Response, content: bytes
+        self, req: _Request, response: aiohttp.ClientResponse, content: bytes
     ) -> PermanentSourceError:
-        status = response.status_code
+        status = response.status
         error: type[PermanentSourceError]
         if status in (401, 403):
             error, advice = SourceAuthError, "check the connector account's credentials"
@@ -929,7 +914,7 @@ class _TableWriter(_TableClient):
         table_id: str,
         cfg: HttpTableConfig,
         write: HttpWriteConfig,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         limiter: _RateLimiter | None,
         account: ConnectorAccount | None,
         job_id: str | None,
@@ -969,7 +954,7 @@ class _TableWriter(_TableClient):
         body = None if op is ChangeOp.DELETE else self._body(change.fields)
         url = self._url(operation.path, change.remote_id)
         response, content = await self._send(operation.method, url, body, key)
-        status = response.status_code
+        status = response.status
         if 200 <= status < 300:
             record = self._record_in(_json_or_none(content), write.response_selector)
             return await self._confirmed(change, operation.method, url, record)
@@ -994,7 +979,7 @@ class _TableWriter(_TableClient):
         assert write.version_field is not None
         url = self._url(write.read.path, change.remote_id)
         response, content = await self._send("GET", url, None, None)
-        status = response.status_code
+        status = response.status
         if status in (404, 410):
             if change.op is ChangeOp.DELETE:
                 return ChangeOutcome.confirmed(change.remote_id)
@@ -1057,15 +1042,15 @@ class _TableWriter(_TableClient):
         except SourceError as exc:
             self.log.warning("source_record_refresh_failed", error=str(exc))
             return None
-        if not 200 <= response.status_code < 300:
+        if not 200 <= response.status < 300:
             return None
         return self._record_in(_json_or_none(content), self.write.read.data_selector)
 
     def _refused(
-        self, method: str, url: str, response: httpx.Response, content: bytes
+        self, method: str, url: str, response: aiohttp.ClientResponse, content: bytes
     ) -> ChangeOutcome:
         """A non-2xx answer that is not a conflict: raise what fails the attempt, else fail."""
-        status = response.status_code
+        status = response.status
         shown = f"{method} {self._shown_path(url)}"
         if status in (408, 429) or status >= 500:
             raise SourceUnavailableError(
@@ -1087,7 +1072,7 @@ class _TableWriter(_TableClient):
             "check the table's write config"
         )
 
-    def _detail(self, response: httpx.Response, content: bytes) -> str:
+    def _detail(self, response: aiohttp.ClientResponse, content: bytes) -> str:
         excerpt = self._body_excerpt(response, content)
         return f" (body starts: {excerpt})" if excerpt else ""
 
@@ -1110,7 +1095,7 @@ class _TableWriter(_TableClient):
 
     async def _send(
         self, method: str, url: str, body: bytes | None, key: str | None
-    ) -> tuple[httpx.Response, bytes]:
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
         """One request within the table's timeout; network failures raise (retryable)."""
         if self.limiter is not None:
             await self.limiter.acquire()
@@ -1123,13 +1108,13 @@ class _TableWriter(_TableClient):
             raise SourceAddressRefusedError(
                 f"table {self.table_id!r}: {shown} refused: {exc}"
             ) from None
-        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
+        except _UNSENDABLE as exc:
             raise SourceRequestError(
                 f"table {self.table_id!r}: cannot send {shown}: {self._redact(exc)}; check "
                 "base_url and the write config"
             ) from None
-        except (httpx.TransportError, httpx.DecodingError) as exc:
-            detail = f"{type(exc).__name__}: {self._redact(exc) or 'no detail'}"
+        except aiohttp.ClientError as exc:
+            detail = self._redact(_network_failure(exc))
         except TimeoutError:
             detail = f"no complete answer within the table's timeout ({self.cfg.timeout:g}s)"
         raise SourceUnavailableError(
@@ -1139,7 +1124,7 @@ class _TableWriter(_TableClient):
 
     async def _send_following_redirects(
         self, method: str, url: str, body: bytes | None, key: str | None
-    ) -> tuple[httpx.Response, bytes]:
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
         """Send, following redirects: a GET as reads do; a write only 307/308 on its origin.
 
         A write is never turned into a GET (301, 302, 303) nor sent with its body to
@@ -1154,20 +1139,16 @@ class _TableWriter(_TableClient):
                 headers["Idempotency-Key"] = key
             if body is not None:
                 headers["Content-Type"] = "application/json"
-            request = client.build_request(
-                method, target, content=body, headers=headers, timeout=self.cfg.timeout
-            )
-            response = await client.send(request, stream=True)
-            try:
-                status = response.status_code
+            async with client.request(
+                method, _wire(target), data=body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
                 location = response.headers.get("location")
                 if status not in _REDIRECTS or not location:
                     if 200 <= status < 300:
                         return response, await self._read_whole(method, url, response)
                     return response, await self._read_start(response)
-            finally:
-                await response.aclose()
-            following = response.url.join(location)
+            following = target.join(location)
             url = str(following)
             if not url.startswith(_SCHEMES):
                 raise SourceRequestError(
@@ -1187,11 +1168,11 @@ class _TableWriter(_TableClient):
             f"{self._shown_path(url)}; check base_url"
         )
 
-    async def _read_whole(self, method: str, url: str, response: httpx.Response) -> bytes:
+    async def _read_whole(self, method: str, url: str, response: aiohttp.ClientResponse) -> bytes:
         cap = self.cfg.max_page_bytes
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.content.iter_any():
             size += len(chunk)
             if size > cap:
                 raise SourcePageTooLargeError(
@@ -1258,6 +1239,24 @@ def _json_kind(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+# Requests that cannot be sent as configured (a bad URL or header value): not retried.
+_UNSENDABLE = (aiohttp.InvalidURL, httpx.InvalidURL, ValueError)
+
+
+def _network_failure(exc: aiohttp.ClientError) -> str:
+    """What went wrong on the network, in a line (for retries' logs and the final error)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # Not its str(): that adds the client's TLS settings, which say nothing here.
+        reason = exc.os_error.strerror or str(exc.os_error) or "no detail"
+        return f"ConnectError: cannot connect to {exc.host}:{exc.port}: {reason}"
+    return f"{type(exc).__name__}: {exc or 'no detail'}"
+
+
+def _wire(url: httpx.URL) -> yarl.URL:
+    """``url`` for aiohttp, sent exactly as httpx encoded it."""
+    return yarl.URL(str(url), encoded=True)
+
+
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     default_port = {"http": 80, "https": 443}.get(url.scheme)
     return url.scheme, url.host, url.port or default_port
@@ -1283,10 +1282,10 @@ def _query_values(url: str) -> list[str]:
         return []
 
 
-def _text_of(response: httpx.Response, content: bytes) -> str:
+def _text_of(response: aiohttp.ClientResponse, content: bytes) -> str:
     """``content`` as text, in the response's charset when it is a usable one."""
     try:
-        return content.decode(response.encoding or "utf-8", errors="replace")
+        return content.decode(response.charset or "utf-8", errors="replace")
     except (LookupError, ValueError):  # a charset that is no text encoding
         return content.decode("utf-8", errors="replace")
 

@@ -10,32 +10,37 @@ Teredo, NAT64). Only globally routable addresses are
 allowed, plus the networks an operator opens on purpose
 (``SPINNER_HTTP_ALLOWED_NETWORKS``).
 
-The check runs inside the HTTP client's network backend: every new connection resolves
-its host once, checks every address the resolver answered, and connects to one of
-those checked addresses. No second lookup happens between the check and the connect,
-so a DNS answer that changes between them (DNS rebinding) cannot slip through, and
-every request path (the first URL, each redirect hop, each next link) passes through
-the same gate. TLS still verifies the certificate against the host name, as httpcore
-passes the URL's host as the server name when it starts TLS.
+The check runs inside the HTTP client's connector (aiohttp): every new connection
+resolves its host once (:class:`GuardedResolver`), checks every address the resolver
+answered, and connects to one of those checked addresses. No second lookup happens
+between the check and the connect, so a DNS answer that changes between them (DNS
+rebinding) cannot slip through. The socket of every connection is opened by
+:func:`guarded_socket_factory`, which checks the address it is given once more; that
+covers URLs naming a literal address, which skip name resolution. Every request path
+(the first URL, each redirect hop, each next link) passes through the same gate. TLS
+still verifies the certificate against the host name: the connector passes the URL's
+host as the server name when it starts TLS.
 
-The clients hold no cookies either (:func:`cookie_free_jar`): one pooled client reads
-the tables of every organization, and a cookie one source set (a session that one
-organization's credentials opened) would otherwise go back with the requests of every
-other table on that host.
+The clients hold no cookies either: one pooled client reads the tables of every
+organization, and a cookie one source set (a session that one organization's
+credentials opened) would otherwise go back with the requests of every other table on
+that host. The connector's session has aiohttp's ``DummyCookieJar``; an ``httpx``
+client (the webhook sender's) gets :func:`cookie_free_jar`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from http.cookiejar import Cookie, CookieJar, CookiePolicy
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import Any
 
-import httpcore
-import httpx
+import aiohttp
+from aiohappyeyeballs import AddrInfoType
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from spinner_jobs.core.errors import SourceAddressRefusedError
 
@@ -173,10 +178,20 @@ _NON_PUBLIC: dict[int, tuple[tuple[IPNetwork, str], ...]] = {
 
 
 def literal_address(host: str) -> IPAddress | None:
-    """``host`` as an IP address when it is a literal one (brackets allowed)."""
+    """``host`` as an IP address when it is a literal one (brackets allowed).
+
+    The legacy IPv4 forms the system's resolver reads as an address ("2130706433",
+    "127.1", "0x7f000001") count too, so a config naming one is refused by address.
+    """
     try:
         return ip_address(host.strip("[]"))
     except ValueError:
+        pass
+    if not host or not all(c in "0123456789abcdefxABCDEFX." for c in host):
+        return None
+    try:
+        return IPv4Address(socket.inet_aton(host))
+    except OSError:
         return None
 
 
@@ -186,88 +201,40 @@ async def system_resolver(host: str, port: int) -> Sequence[str]:
     return [str(info[4][0]) for info in infos]
 
 
-class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that connects only to addresses the policy allows."""
+class GuardedResolver(AbstractResolver):
+    """An aiohttp resolver that answers only addresses the policy allows.
 
-    def __init__(
-        self,
-        policy: AddressPolicy,
-        *,
-        resolver: Resolver = system_resolver,
-        inner: httpcore.AsyncNetworkBackend | None = None,
-    ) -> None:
-        """Create the backend.
+    It resolves a host once per new connection (the connector keeps no DNS cache),
+    checks every address the lookup answered, and hands the connector exactly those
+    addresses to connect to.
+    """
+
+    def __init__(self, policy: AddressPolicy, resolver: Resolver = system_resolver) -> None:
+        """Create the resolver.
 
         Args:
             policy: which addresses may be reached.
             resolver: the name lookup (the system's by default).
-            inner: the backend that opens the checked connections (anyio's by default).
 
         """
         self._policy = policy
         self._resolver = resolver
-        self._inner = inner or httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - the backend interface
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Resolve ``host``, check every answer, and connect to a checked address.
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Resolve ``host`` and check every answer.
 
         Raises:
             SourceAddressRefusedError: an answer is not allowed (nothing is connected).
-            httpcore.ConnectError: the name does not resolve or no address answers.
+            OSError: the name does not resolve (the connector reports it as a
+                connection error, which a read retries).
 
         """
-        literal = literal_address(host)
-        if literal is not None:
-            addresses: list[IPAddress] = [literal]
-        else:
-            addresses = await self._resolve(host, port, timeout)
-        self._policy.check(host, addresses)
-        last: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    str(address),
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None  # the resolver answered at least one address
-        raise last
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - the backend interface
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Refuse: table sources are reached over TCP only."""
-        raise SourceAddressRefusedError("unix sockets are not a source; use an http(s) URL")
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep as the inner backend does."""
-        await self._inner.sleep(seconds)
-
-    async def _resolve(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None,  # noqa: ASYNC109
-    ) -> list[IPAddress]:
         try:
-            async with asyncio.timeout(timeout):
-                answers = await self._resolver(host, port)
-        except (OSError, TimeoutError) as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc}") from None
+            answers = await self._resolver(host, port)
+        except OSError as exc:
+            raise OSError(f"cannot resolve {host!r}: {exc}") from None
         addresses: list[IPAddress] = []
         for answer in answers:
             # Drop an IPv6 zone ("fe80::1%eth0"); the address alone is what is judged.
@@ -275,41 +242,66 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
             if address not in addresses:
                 addresses.append(address)
         if not addresses:
-            raise httpcore.ConnectError(f"cannot resolve {host!r}: no address")
-        return addresses
+            raise OSError(f"cannot resolve {host!r}: no address")
+        self._policy.check(host, addresses)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(address),
+                port=port,
+                family=socket.AF_INET if address.version == 4 else socket.AF_INET6,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport over a connection pool whose connections pass the guard.
+def guarded_socket_factory(policy: AddressPolicy) -> Callable[[AddrInfoType], socket.socket]:
+    """A socket factory that refuses to open a socket towards a refused address.
 
-    Proxies are not used (a proxy would make the connections the guard cannot see).
+    The connector calls it with the address it is about to connect to, whether it came
+    from :class:`GuardedResolver` or from a URL naming a literal address (which skips
+    name resolution), so every connection passes this last check.
     """
 
-    def __init__(
-        self,
-        policy: AddressPolicy,
-        *,
-        limits: httpx.Limits,
-        resolver: Resolver = system_resolver,
-    ) -> None:
-        """Create the transport.
+    def factory(addr_info: AddrInfoType) -> socket.socket:
+        family, kind, proto, _, sockaddr = addr_info
+        address = ip_address(str(sockaddr[0]).split("%", 1)[0])
+        policy.check(str(address), [address])
+        return socket.socket(family=family, type=kind, proto=proto)
 
-        Args:
-            policy: which addresses may be reached.
-            limits: pool limits.
-            resolver: the name lookup (the system's by default).
+    return factory
 
-        """
-        super().__init__(limits=limits, trust_env=False)
-        # httpx builds its pool without a network-backend parameter; the pool is
-        # rebuilt with the same limits and the guarded backend.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedNetworkBackend(policy, resolver=resolver),
-        )
+
+def guarded_connector(
+    policy: AddressPolicy,
+    *,
+    limit: int,
+    resolver: Resolver = system_resolver,
+    ssl_context: ssl.SSLContext | None = None,
+) -> aiohttp.TCPConnector:
+    """An aiohttp connection pool whose every connection passes the guard.
+
+    Args:
+        policy: which addresses may be reached.
+        limit: most connections open at once.
+        resolver: the name lookup of each new connection (the system's by default).
+        ssl_context: how TLS is verified (the default: the system's trust store).
+
+    """
+    return aiohttp.TCPConnector(
+        limit=limit,
+        limit_per_host=0,
+        keepalive_timeout=30.0,
+        use_dns_cache=False,  # every new connection resolves, and is checked, afresh
+        resolver=GuardedResolver(policy, resolver),
+        socket_factory=guarded_socket_factory(policy),
+        ssl=ssl_context if ssl_context is not None else True,
+    )
 
 
 class _NoCookies(CookiePolicy):
