@@ -15,6 +15,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,3 +177,27 @@ def test_rows_of_earlier_jobs_are_swept_whichever_way_they_are_marked(any_store:
 
     assert (summary.records, summary.deleted) == (1, 2)
     assert stored(any_store) == {"kept": {"v": 2}}
+
+
+def test_a_new_database_has_pages_that_fit_many_records(sqlite_store: SqliteStore) -> None:
+    prepare(sqlite_store)
+    with sqlite3.connect(sqlite_store.path) as conn:
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+    assert size == 16384
+
+
+def test_a_database_made_with_small_pages_keeps_them_and_takes_pages(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+    store = SqliteStore(path)
+    try:
+        store.migrate()
+        prepare(store)
+        write(store, texts_page(300, 1))
+        assert len(stored(store)) == 300
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA page_size").fetchone() == (4096,)
+    finally:
+        store.close()
