@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 UPSERT = (
@@ -83,13 +83,12 @@ class Sink:
                 conn.commit()
 
 
-async def download(client: httpx.AsyncClient, sink: Sink, url: str, table: str) -> int:
+async def download(client: aiohttp.ClientSession, sink: Sink, url: str, table: str) -> int:
     count = 0
     next_url: str | None = url
     while next_url:
-        response = await client.get(next_url)
-        response.raise_for_status()
-        body = orjson.loads(response.content)
+        async with client.get(next_url, raise_for_status=True) as response:
+            body = orjson.loads(await response.read())
         rows = [(table, str(r["id"]), orjson.dumps(r).decode()) for r in body["data"]]
         await asyncio.to_thread(sink.write, rows)
         count += len(rows)
@@ -108,12 +107,12 @@ async def main() -> None:
     sink = Sink(args.db)
     gate = asyncio.Semaphore(args.parallelism)
 
-    async def one(client: httpx.AsyncClient, name: str) -> int:
+    async def one(client: aiohttp.ClientSession, name: str) -> int:
         async with gate:
             return await download(client, sink, f"{args.base_url}/tables/{name}", name)
 
     began = time.perf_counter()
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
         counts = await asyncio.gather(*(one(client, t) for t in args.tables.split(",")))
     seconds = time.perf_counter() - began
     report: dict[str, float] = {"records": sum(counts), "seconds": seconds}
