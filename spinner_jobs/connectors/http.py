@@ -711,7 +711,7 @@ class _TableReader(_TableClient):
             delay: float | None = None
             try:
                 # The whole request (connect, headers, body, redirects) within
-                # `timeout`: httpx's own timeout bounds each socket operation only.
+                # `timeout`, one deadline over every redirect hop.
                 async with asyncio.timeout(cfg.timeout):
                     response, content = await self._get_following_redirects(req)
             except SourceAddressRefusedError as exc:
