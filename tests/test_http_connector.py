@@ -425,6 +425,40 @@ async def test_requests_per_second_spaces_requests(connector: HttpConnector) -> 
     assert min(gaps) >= 0.08, gaps
 
 
+def _org_account(org: str) -> ConnectorAccount:
+    return ConnectorAccount(
+        id=f"acc_{org}", organization_id=org, auth="bearer", secret=f"token-of-{org}-0123"
+    )
+
+
+@pytest.mark.parametrize("same_account", [False, True])
+async def test_the_rate_limit_is_kept_per_account(
+    connector: HttpConnector, same_account: bool
+) -> None:
+    # Two tables on one base_url at 2 requests/s, read at once. With the accounts of two
+    # organizations, neither waits for the other's requests (the source meters each
+    # credential); with one account, the two reads share its limit.
+    first, second = _org_account("org_a"), _org_account("org_b")
+    if same_account:
+        second = first
+    with SampleApi({"t": SampleTable(records=20, page_size=10, style="cursor")}) as api:
+        config = api.config("t", requests_per_second=2)
+        await asyncio.gather(
+            read_pages(connector, config, account=first),
+            read_pages(connector, config, account=second),
+        )
+        starts = sorted(r.at for r in api.requests)
+    assert len(starts) == 4
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    if same_account:
+        assert min(gaps) >= 0.45, gaps
+    else:
+        # The two first requests go out together, then each read keeps its own pace.
+        assert gaps[0] < 0.25, gaps
+        assert starts[2] - starts[0] >= 0.45, gaps
+        assert starts[3] - starts[1] >= 0.45, gaps
+
+
 @pytest.mark.parametrize(
     ("config", "problem"),
     [

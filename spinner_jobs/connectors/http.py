@@ -12,7 +12,8 @@ Table config (validated by :class:`HttpTableConfig`)::
     paginator            {"type": "json_link" | "header_link" | "cursor" |
                          "offset" | "page_number" | "single_page", ...}  (required;
                          a bare type name is accepted as shorthand)
-    requests_per_second  client-side rate limit per base_url            (default none)
+    requests_per_second  client-side rate limit per base_url and
+                         connector account                               (default none)
     timeout              seconds one request may take in all: connect,
                          headers, body, redirects                        (default 30)
     max_page_bytes       largest page body accepted, decompressed        (default 64 MiB,
@@ -187,7 +188,7 @@ class HttpConnector:
         self._max_connections = max_connections
         self._client: aiohttp.ClientSession | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._limiters: dict[tuple[str, float], _RateLimiter] = {}
+        self._limiters: dict[tuple[str | None, str, float], _RateLimiter] = {}
 
     def validate_config(self, config: Mapping[str, Any]) -> None:
         """Raise ``InvalidTableConfigError`` when ``config`` is not a valid http config.
@@ -225,7 +226,7 @@ class HttpConnector:
             table_id=table.id,
             cfg=cfg,
             client=self._get_client(),
-            limiter=self._limiter(cfg),
+            limiter=self._limiter(cfg, account),
             account=account,
             job_id=context.job_id,
         )
@@ -283,7 +284,7 @@ class HttpConnector:
             cfg=cfg,
             write=self._write_config(cfg, table.id),
             client=self._get_client(),
-            limiter=self._limiter(cfg),
+            limiter=self._limiter(cfg, account),
             account=account,
             job_id=change.job_id,
         )
@@ -339,10 +340,15 @@ class HttpConnector:
             )
         return self._client
 
-    def _limiter(self, cfg: HttpTableConfig) -> _RateLimiter | None:
+    def _limiter(
+        self, cfg: HttpTableConfig, account: ConnectorAccount | None
+    ) -> _RateLimiter | None:
         if cfg.requests_per_second is None:
             return None
-        key = (cfg.base_url, cfg.requests_per_second)
+        # Per account: a source meters each credential, so one organization's reads do
+        # not slow another's. Anonymous reads of a base_url share one limit, as the
+        # source can only tell them apart by this worker's address.
+        key = (account.id if account is not None else None, cfg.base_url, cfg.requests_per_second)
         limiter = self._limiters.get(key)
         if limiter is None:
             limiter = self._limiters[key] = _RateLimiter(cfg.requests_per_second)
