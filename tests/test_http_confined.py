@@ -32,6 +32,7 @@ from spinner_jobs.core.errors import (
     SourceAuthError,
     SourcePageTooLargeError,
     SourceRequestError,
+    SourceUnavailableError,
 )
 from spinner_jobs.core.models import ConnectorAccount, Table
 from spinner_jobs.shell.sample_api import SampleApi, SampleTable
@@ -565,6 +566,53 @@ async def test_an_endless_chunked_page_is_cut_off_at_max_page_bytes(conn: HttpCo
             await asyncio.wait_for(read(conn, config), 30)
     finally:
         server.close()
+    assert sent < 16 << 20
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [
+        pytest.param(b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 100) for i in range(1000)), id="lines"),
+        pytest.param(b"a" * 65536, id="one-line"),
+    ],
+)
+async def test_endless_response_headers_are_refused_without_waiting_for_the_timeout(
+    conn: HttpConnector, flood: bytes
+) -> None:
+    sent = 0
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Start: ")
+        with contextlib.suppress(ConnectionError):
+            while sent < 1 << 30:
+                writer.write(flood)
+                sent += len(flood)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        config = {
+            "base_url": f"http://127.0.0.1:{port}",
+            "paginator": "single_page",
+            "timeout": 60,
+            "max_request_retries": 0,
+        }
+        with pytest.raises(SourceUnavailableError) as caught:
+            await asyncio.wait_for(read(conn, config), 90)
+    finally:
+        server.close()
+    message = str(caught.value)
+    # Refused by the header limits, not cut off by the table's timeout.
+    assert "timeout" not in message
+    # One clean line, the source's bytes cut short, and no URL beyond the shown path
+    # (a query string can carry a token).
+    assert "\n" not in message
+    assert f"127.0.0.1:{port}" not in message
+    assert "a" * 200 not in message
     assert sent < 16 << 20
 
 

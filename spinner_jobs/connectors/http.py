@@ -1255,7 +1255,10 @@ def _network_failure(exc: aiohttp.ClientError) -> str:
         # Not its str(): that adds the client's TLS settings, which say nothing here.
         reason = exc.os_error.strerror or str(exc.os_error) or "no detail"
         return f"ConnectError: cannot connect to {exc.host}:{exc.port}: {reason}"
-    return f"{type(exc).__name__}: {exc or 'no detail'}"
+    # An answer the parser refused quotes the source's bytes: one clean line, cut short
+    # (and not the URL, which str() would add).
+    detail = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+    return f"{type(exc).__name__}: {_excerpt(detail, 2 * _EXCERPT) or 'no detail'}"
 
 
 def _wire(url: httpx.URL) -> yarl.URL:
