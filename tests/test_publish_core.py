@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from activities.publish_core import publish_table
 from spinner_jobs.connectors.base import ChangeWriter, ReadContext, change_writer
 from spinner_jobs.connectors.demo import DemoConnector
-from spinner_jobs.connectors.http import HttpConnector
+from spinner_jobs.connectors.http import HttpConnector, _strong_etag
 from spinner_jobs.core.changes import ChangeState, PublishSummary, is_local_id
 from spinner_jobs.core.errors import (
     InvalidTableConfigError,
@@ -308,6 +308,49 @@ async def test_a_record_that_moved_at_the_source_is_a_conflict_and_is_not_overwr
         table.id, "rec_0000004"
     )
     assert (api.remote_record("people", "rec_0000004") or {})["name"] == "mine"
+
+
+@pytest.mark.parametrize("edit", ["update", "delete"])
+async def test_a_record_that_moves_between_the_check_and_the_write_is_a_conflict(
+    any_store: Store, api: SampleApi, conn: HttpConnector, table: Table, edit: str
+) -> None:
+    # The check reads version 1; someone edits the record right then; the write names
+    # the version it checked (If-Match), so the source refuses it instead of overwriting.
+    if edit == "update":
+        any_store.update_record(table.id, "rec_0000004", {"name": "mine"})
+    else:
+        any_store.delete_record(table.id, "rec_0000004")
+    api.moves_after_read = {"rec_0000004"}
+
+    summary = await publish(any_store, conn, table)
+
+    assert (summary.conflicts, summary.confirmed) == (1, 0)
+    assert api.applied_writes == []
+    moved = api.remote_record("people", "rec_0000004") or {}
+    assert moved["name"] == "moved after a read"
+    writes = [r for r in api.requests if r.method != "GET"]
+    assert [r.headers.get("if-match") for r in writes] == ['"1"']
+
+
+async def test_an_overwrite_and_a_create_name_no_version(
+    any_store: Store, api: SampleApi, conn: HttpConnector, table: Table
+) -> None:
+    any_store.update_record(table.id, "rec_0000001", {"name": "mine"})
+    any_store.create_record(table.id, {"name": "new"})
+
+    summary = await publish(any_store, conn, table, overwrite=True)
+
+    assert summary.confirmed == 2
+    assert all("if-match" not in r.headers for r in api.requests if r.method != "GET")
+
+
+@pytest.mark.parametrize(
+    ("etag", "sent"),
+    [('"v7"', '"v7"'), ('W/"v7"', None), ("v7", None), ('"a"\r\nX: y', None), (None, None)],
+)
+def test_only_a_strong_etag_is_named_in_if_match(etag: str | None, sent: str | None) -> None:
+    # A weak tag never matches in If-Match: naming one would make every write a conflict.
+    assert _strong_etag(etag) == sent
 
 
 async def test_without_overwrite_the_same_edit_again_is_still_a_conflict(

@@ -79,13 +79,16 @@ A create sends the record's fields, an update only the changed fields, a delete 
 body; every write carries an ``Idempotency-Key`` header that is the same each time the
 change is sent. With ``version_field``, an update or delete first reads the record: a
 version that differs from the download's is a conflict and nothing is written (unless
-the job publishes with ``overwrite``). Outcomes: 2xx confirmed; 409 and 412 conflict;
-404/410 done for a delete, a conflict for an update; another 4xx fails that change
-only; 401/403 raise ``SourceAuthError``; 408, 429, 5xx and network failures raise
-``SourceUnavailableError`` at once (no in-connector retries: the job retries, and the
-change goes again with the same key). Writes reach the same confined addresses as reads,
-carry credentials only to base_url's origin, and follow only 307/308 redirects on that
-origin (never a redirect that turns them into a GET or takes their body elsewhere).
+the job publishes with ``overwrite``). When that read answers a strong ``ETag``, the
+write names it in ``If-Match``, so a source that supports conditional requests refuses
+the write (412: a conflict) if the record moved between the check and the write.
+Outcomes: 2xx confirmed; 409 and 412 conflict; 404/410 done for a delete, a conflict
+for an update; another 4xx fails that change only; 401/403 raise ``SourceAuthError``;
+408, 429, 5xx and network failures raise ``SourceUnavailableError`` at once (no
+in-connector retries: the job retries, and the change goes again with the same key).
+Writes reach the same confined addresses as reads, carry credentials only to base_url's
+origin, and follow only 307/308 redirects on that origin (never a redirect that turns
+them into a GET or takes their body elsewhere).
 
 Error messages carry the status and its standard reason, at most a short excerpt of
 a body (control characters removed), and never the account's secret, a configured
@@ -99,6 +102,7 @@ import email.utils
 import hashlib
 import math
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -953,13 +957,16 @@ class _TableWriter(_TableClient):
             return ChangeOutcome.failed(
                 f"record id {change.remote_id!r} cannot be put in a URL path"
             )
+        checked: str | None = None
         if op is not ChangeOp.CREATE and write.version_field and not overwrite:
-            moved = await self._version_check(change)
+            moved, checked = await self._version_check(change)
             if moved is not None:
                 return moved
         body = None if op is ChangeOp.DELETE else self._body(change.fields)
         url = self._url(operation.path, change.remote_id)
-        response, content = await self._send(operation.method, url, body, key)
+        # With the version it checked (If-Match): a source that supports conditional
+        # requests refuses the write (412, a conflict) if the record moved since the check.
+        response, content = await self._send(operation.method, url, body, key, if_match=checked)
         status = response.status
         if 200 <= status < 300:
             record = self._record_in(_json_or_none(content), write.response_selector)
@@ -978,8 +985,14 @@ class _TableWriter(_TableClient):
             )
         return self._refused(operation.method, url, response, content)
 
-    async def _version_check(self, change: Change) -> ChangeOutcome | None:
-        """A conflict (or, for a delete, done) when the record moved since the download."""
+    async def _version_check(self, change: Change) -> tuple[ChangeOutcome | None, str | None]:
+        """A conflict (or, for a delete, done) when the record moved since the download.
+
+        Returns:
+            the outcome when the change must not be sent, else ``None`` and the record's
+            strong ETag as the source answered it (``None`` when it gave none).
+
+        """
         write = self.write
         assert write.read is not None
         assert write.version_field is not None
@@ -988,13 +1001,13 @@ class _TableWriter(_TableClient):
         status = response.status
         if status in (404, 410):
             if change.op is ChangeOp.DELETE:
-                return ChangeOutcome.confirmed(change.remote_id)
+                return ChangeOutcome.confirmed(change.remote_id), None
             return ChangeOutcome.conflict(
                 f"the record is gone at the source (GET {self._shown_path(url)} answered "
                 f"{status} {_reason(status)}); download the table again"
-            )
+            ), None
         if not 200 <= status < 300:
-            return self._refused("GET", url, response, content)
+            return self._refused("GET", url, response, content), None
         body = _json_or_none(content)
         record = self._record_in(body, write.read.data_selector)
         if record is None:
@@ -1006,13 +1019,13 @@ class _TableWriter(_TableClient):
         remote = _dig(record, field)
         downloaded = _dig(change.base or {}, field)
         if remote == downloaded:
-            return None
+            return None, _strong_etag(response.headers.get("etag"))
         return ChangeOutcome.conflict(
             f"the record changed at the source since it was downloaded ({write.version_field} "
             f"is {_excerpt(repr(_shown(remote)), 40)} there, was "
             f"{_excerpt(repr(_shown(downloaded)), 40)}); download the table again, or "
             "publish with overwrite"
-        )
+        ), None
 
     async def _confirmed(
         self, change: Change, method: str, url: str, record: dict[str, Any] | None
@@ -1100,7 +1113,13 @@ class _TableWriter(_TableClient):
         return found if isinstance(found, dict) else None
 
     async def _send(
-        self, method: str, url: str, body: bytes | None, key: str | None
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        key: str | None,
+        *,
+        if_match: str | None = None,
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """One request within the table's timeout; network failures raise (retryable)."""
         if self.limiter is not None:
@@ -1108,7 +1127,7 @@ class _TableWriter(_TableClient):
         shown = f"{method} {self._shown_path(url)}"
         try:
             async with asyncio.timeout(self.cfg.timeout):
-                return await self._send_following_redirects(method, url, body, key)
+                return await self._send_following_redirects(method, url, body, key, if_match)
         except SourceAddressRefusedError as exc:
             self.log.warning("source_address_refused", error=str(exc))
             raise SourceAddressRefusedError(
@@ -1129,7 +1148,7 @@ class _TableWriter(_TableClient):
         )
 
     async def _send_following_redirects(
-        self, method: str, url: str, body: bytes | None, key: str | None
+        self, method: str, url: str, body: bytes | None, key: str | None, if_match: str | None
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """Send, following redirects: a GET as reads do; a write only 307/308 on its origin.
 
@@ -1143,6 +1162,8 @@ class _TableWriter(_TableClient):
             headers = dict(self.origin_headers) if same_origin else {}
             if key is not None:
                 headers["Idempotency-Key"] = key
+            if if_match is not None:
+                headers["If-Match"] = if_match
             if body is not None:
                 headers["Content-Type"] = "application/json"
             async with client.request(
@@ -1187,6 +1208,15 @@ class _TableWriter(_TableClient):
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+# RFC 9110's entity-tag, strong form only: a weak one never matches in If-Match.
+_STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e]*"')
+
+
+def _strong_etag(value: str | None) -> str | None:
+    """``value`` when it is a strong entity tag, else ``None``."""
+    return value if value is not None and _STRONG_ETAG.fullmatch(value) else None
 
 
 def _json_or_none(content: bytes) -> Any:

@@ -28,6 +28,10 @@ field and take writes, for publishing changes back::
     PATCH  /tables/{name}/records/{id}   merge the body's fields, version + 1: 200, record
     DELETE /tables/{name}/records/{id}   204, or 404
 
+A record's GET carries its version as a strong ``ETag`` (``"3"``); a PATCH or DELETE
+with an ``If-Match`` naming another version is refused with 412, as a source that
+supports conditional requests does.
+
 A write with an ``Idempotency-Key`` header that was answered 2xx before gets that answer
 again and is not applied twice (:attr:`SampleApi.applied_writes` lists what was).
 
@@ -283,6 +287,9 @@ class SampleApi:
         self._faults: list[_FaultState] = []
         self._log: list[LoggedRequest] = []
         self._answered: dict[str, _Answer] = {}  # Idempotency-Key -> its 2xx answer
+        # Record ids someone else edits right after each GET of the record: the moment
+        # between a publisher's version check and its write.
+        self.moves_after_read: set[str] = set()
         self._applied: list[AppliedWrite] = []
         self._created = 0
         self._cache: OrderedDict[tuple[str, int, int, int], bytes] = OrderedDict()
@@ -560,10 +567,18 @@ class SampleApi:
                 found = _find(state.rows, remote_id)
                 if found is None:
                     return _error(404, f"no record {remote_id!r}")
-                return _Answer(200, json.dumps(found).encode())
+                if remote_id in self.moves_after_read:
+                    self._patch(name, remote_id, {"name": "moved after a read"})
+                return _Answer(200, json.dumps(found).encode(), _etag_header(found))
             key = headers.get("idempotency-key")
             if key is not None and key in self._answered:
                 return self._answered[key]  # already applied: the same answer again
+            expected = headers.get("if-match")
+            if expected is not None and remote_id:
+                current = _find(state.rows, remote_id)
+                tags = [tag for _, tag in _etag_header(current)] if current else []
+                if expected != "*" and expected not in tags:
+                    return _error(412, f"record {remote_id!r} is no longer {expected}")
             answer = self._write(method, name, state, remote_id, body)
             if 200 <= answer.status < 300:
                 if key is not None:
@@ -714,6 +729,11 @@ class SampleApi:
 
 class _BadQueryError(ValueError):
     pass
+
+
+def _etag_header(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    version = record.get("version")
+    return [] if version is None else [("ETag", f'"{version}"')]
 
 
 def _find(rows: Sequence[dict[str, Any]], remote_id: str) -> dict[str, Any] | None:
