@@ -458,6 +458,18 @@ class _TableClient:
             text = text[: max(0, len(text) - self._longest_hidden + 1)]
         return _excerpt(text, _EXCERPT)
 
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes | None:
+        """The whole (decompressed) body; ``None`` as soon as it passes ``max_page_bytes``."""
+        cap = self.cfg.max_page_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _read_start(self, response: aiohttp.ClientResponse) -> bytes:
         """The first ``_ERROR_BODY_BYTES`` of a body only an error's excerpt shows."""
         chunks: list[bytes] = []
@@ -825,14 +837,10 @@ class _TableReader(_TableClient):
         declared = response.content_length
         if declared is not None and declared > cap:
             raise self._too_large(req, f" (it announces {declared:,})")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > cap:
-                raise self._too_large(req, "")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        content = await self._read_capped(response)
+        if content is None:
+            raise self._too_large(req, "")
+        return content
 
     # --- errors ---
 
@@ -1196,18 +1204,14 @@ class _TableWriter(_TableClient):
         )
 
     async def _read_whole(self, method: str, url: str, response: aiohttp.ClientResponse) -> bytes:
-        cap = self.cfg.max_page_bytes
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > cap:
-                raise SourcePageTooLargeError(
-                    f"table {self.table_id!r}: the answer to {method} {self._shown_path(url)} "
-                    f"is larger than max_page_bytes ({cap:,} bytes); raise max_page_bytes"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        content = await self._read_capped(response)
+        if content is None:
+            raise SourcePageTooLargeError(
+                f"table {self.table_id!r}: the answer to {method} {self._shown_path(url)} "
+                f"is larger than max_page_bytes ({self.cfg.max_page_bytes:,} bytes); raise "
+                "max_page_bytes"
+            )
+        return content
 
 
 # RFC 9110's entity-tag, strong form only: a weak one never matches in If-Match.
