@@ -569,15 +569,15 @@ class SampleApi:
                     return _error(404, f"no record {remote_id!r}")
                 if remote_id in self.moves_after_read:
                     self._patch(name, remote_id, {"name": "moved after a read"})
-                return _Answer(200, json.dumps(found).encode(), _etag_header(found))
+                tag = _etag(found)
+                return _Answer(200, json.dumps(found).encode(), [("ETag", tag)] if tag else [])
             key = headers.get("idempotency-key")
             if key is not None and key in self._answered:
                 return self._answered[key]  # already applied: the same answer again
             expected = headers.get("if-match")
-            if expected is not None and remote_id:
+            if expected is not None and remote_id and expected != "*":
                 current = _find(state.rows, remote_id)
-                tags = [tag for _, tag in _etag_header(current)] if current else []
-                if expected != "*" and expected not in tags:
+                if current is None or _etag(current) != expected:
                     return _error(412, f"record {remote_id!r} is no longer {expected}")
             answer = self._write(method, name, state, remote_id, body)
             if 200 <= answer.status < 300:
@@ -731,9 +731,10 @@ class _BadQueryError(ValueError):
     pass
 
 
-def _etag_header(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _etag(record: Mapping[str, Any]) -> str | None:
+    """A record's strong entity tag: its version, quoted; ``None`` without one."""
     version = record.get("version")
-    return [] if version is None else [("ETag", f'"{version}"')]
+    return None if version is None else f'"{version}"'
 
 
 def _find(rows: Sequence[dict[str, Any]], remote_id: str) -> dict[str, Any] | None:
