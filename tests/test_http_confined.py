@@ -539,34 +539,49 @@ async def test_the_page_cap_counts_decompressed_bytes(conn: HttpConnector) -> No
     assert [r for r, _ in pages[0].records] == ["1"]
 
 
-async def test_an_endless_chunked_page_is_cut_off_at_max_page_bytes(conn: HttpConnector) -> None:
-    sent = 0
+@dataclass
+class Flood:
+    """A source that answers any request with a head, then one piece over and over."""
 
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal sent
+    base_url: str = ""
+    sent: int = 0  # bytes of the repeated piece written so far
+
+
+@contextlib.asynccontextmanager
+async def flooding_source(head: bytes, piece: bytes) -> AsyncIterator[Flood]:
+    """Serve :class:`Flood` on loopback until the client hangs up (1 GiB at most)."""
+    flood = Flood()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[ \r\n")
-        chunk = b" " * 65536
+        writer.write(head)
         with contextlib.suppress(ConnectionError):
-            while sent < 1 << 30:
-                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                sent += len(chunk)
+            while flood.sent < 1 << 30:
+                writer.write(piece)
+                flood.sent += len(piece)
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(endless, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    flood.base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
+        yield flood
+    finally:
+        server.close()
+
+
+async def test_an_endless_chunked_page_is_cut_off_at_max_page_bytes(conn: HttpConnector) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[ \r\n"
+    chunk = b" " * 65536
+    async with flooding_source(head, b"%x\r\n%s\r\n" % (len(chunk), chunk)) as flood:
         config = {
-            "base_url": f"http://127.0.0.1:{port}",
+            "base_url": flood.base_url,
             "paginator": "single_page",
             "max_page_bytes": 1 << 20,
         }
         with pytest.raises(SourcePageTooLargeError, match="larger than max_page_bytes"):
             await asyncio.wait_for(read(conn, config), 30)
-    finally:
-        server.close()
-    assert sent < 16 << 20
+    assert flood.sent < 16 << 20
 
 
 @pytest.mark.parametrize(
@@ -579,41 +594,24 @@ async def test_an_endless_chunked_page_is_cut_off_at_max_page_bytes(conn: HttpCo
 async def test_endless_response_headers_are_refused_without_waiting_for_the_timeout(
     conn: HttpConnector, flood: bytes
 ) -> None:
-    sent = 0
-
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal sent
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Start: ")
-        with contextlib.suppress(ConnectionError):
-            while sent < 1 << 30:
-                writer.write(flood)
-                sent += len(flood)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(endless, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with flooding_source(b"HTTP/1.1 200 OK\r\nX-Start: ", flood) as source:
         config = {
-            "base_url": f"http://127.0.0.1:{port}",
+            "base_url": source.base_url,
             "paginator": "single_page",
             "timeout": 60,
             "max_request_retries": 0,
         }
         with pytest.raises(SourceUnavailableError) as caught:
             await asyncio.wait_for(read(conn, config), 90)
-    finally:
-        server.close()
     message = str(caught.value)
     # Refused by the header limits, not cut off by the table's timeout.
     assert "timeout" not in message
     # One clean line, the source's bytes cut short, and no URL beyond the shown path
     # (a query string can carry a token).
     assert "\n" not in message
-    assert f"127.0.0.1:{port}" not in message
+    assert source.base_url.removeprefix("http://") not in message
     assert "a" * 200 not in message
-    assert sent < 16 << 20
+    assert source.sent < 16 << 20
 
 
 @pytest.mark.parametrize("size", [1023, (256 << 20) + 1])
