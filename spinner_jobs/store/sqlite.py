@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -153,14 +152,16 @@ CREATE TABLE IF NOT EXISTS api_keys (
 # sqlite3 module releases and takes back the GIL around every statement it steps, and
 # binds a row's parameters in its own call (both about a fifth of the write, per row).
 # Chunks are powers of two, so a handful of statement texts serve pages of any size.
+# The table id and the job's mark are bound once per statement (?1 and ?2) and every
+# row refers to them: two texts bound per row instead of four, and the parameters are
+# the page's own columns interleaved, with no tuple built per row.
 _ROWS_PER_UPSERT = 256
-_UPSERT_COLUMNS = 4
 
 
 @functools.cache
 def _upsert_records(rows: int) -> str:
-    """The upsert of ``rows`` records, each bound as (table_id, remote_id, fields, seen_by)."""
-    values = ", ".join(["(?, ?, ?, 0, ?)"] * rows)
+    """The upsert of ``rows`` records: ?1 the table id, ?2 the mark, then id, fields..."""
+    values = ", ".join(f"(?1, ?{3 + 2 * i}, ?{4 + 2 * i}, 0, ?2)" for i in range(rows))
     return (
         f"INSERT INTO records (table_id, remote_id, fields, dirty, seen_by) VALUES {values} "
         "ON CONFLICT (table_id, remote_id) DO UPDATE SET "
@@ -169,15 +170,23 @@ def _upsert_records(rows: int) -> str:
     )
 
 
-def _upsert_page(conn: sqlite3.Connection, rows: Sequence[tuple[str, str, str, str]]) -> None:
-    """Upsert ``rows`` in order (a repeated remote id: the last one wins, as row by row)."""
-    fits = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _UPSERT_COLUMNS
+def _upsert_page(
+    conn: sqlite3.Connection,
+    table_id: str,
+    mark: str,
+    ids: Sequence[str],
+    texts: Sequence[str],
+) -> None:
+    """Upsert the records ``ids[i]: texts[i]`` in order (a repeated id: the last one wins)."""
+    fits = max(1, (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 2) // 2)
     most = min(_ROWS_PER_UPSERT, 1 << (fits.bit_length() - 1))
     start = 0
-    while start < len(rows):
-        count = min(most, 1 << ((len(rows) - start).bit_length() - 1))
-        chunk = rows[start : start + count]
-        conn.execute(_upsert_records(count), list(chain.from_iterable(chunk)))
+    while start < len(ids):
+        count = min(most, 1 << ((len(ids) - start).bit_length() - 1))
+        params: list[str | None] = [table_id, mark] + [None] * (2 * count)
+        params[2::2] = ids[start : start + count]
+        params[3::2] = texts[start : start + count]
+        conn.execute(_upsert_records(count), params)
         start += count
 
 
@@ -761,15 +770,14 @@ class SqliteStore:
     ) -> None:
         """Upsert a page and save the checkpoint in one transaction, fenced on the lease."""
         table_id, mark = lease.table_id, seen_mark(lease.job_id)
-        rows: list[tuple[str, str, str, str]]
         if isinstance(records, RecordTexts):
-            # Straight from the columns: no tuple per record built in Python bytecode.
-            rows = list(zip(repeat(table_id), records.ids, records.texts, repeat(mark)))
+            ids, texts = records.ids, records.texts  # straight from the columns
         else:
-            rows = [(table_id, rid, fields_text(fields), mark) for rid, fields in records]
+            ids = [rid for rid, _ in records]
+            texts = [fields_text(fields) for _, fields in records]
         with self._write() as conn:
             _check_lease(conn, lease)
-            _upsert_page(conn, rows)
+            _upsert_page(conn, table_id, mark, ids, texts)
             conn.execute(_DROP_DELETED_LOCALLY, (table_id, table_id))
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints "
