@@ -77,9 +77,7 @@ class PageDecoder:
         self._leaves = tuple(dict.fromkeys(p for p in paths if p))
         if not _supported(selector, self._leaves):
             return
-        key = msgspec.defstruct(
-            "RecordKey", [("key", _Key)], rename={"key": primary_key}, gc=False
-        )
+        key = msgspec.defstruct("RecordKey", [("key", _Key)], rename={"key": primary_key}, gc=False)
         self._keys = msgspec.json.Decoder(_shape(selector, list[key], self._leaves))  # type: ignore[valid-type]
         self._texts = msgspec.json.Decoder(_shape(selector, list[msgspec.Raw], ()))
 
