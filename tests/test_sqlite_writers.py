@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -162,3 +163,25 @@ async def test_a_busy_store_is_waited_for_in_a_thread_not_on_the_event_loop(
 
     assert ticks_while_held >= 10  # about 100 unless the loop was blocked
     assert [t.id for t in sqlite_store.get_workbook("wb_w").tables] == ["t0", "t1"]  # type: ignore[union-attr]
+
+
+def test_stores_opening_a_new_file_at_once_all_open(tmp_path: Path) -> None:
+    # Each round: eight stores open one new file together and set it up. Their first
+    # connections race to switch it to WAL mode; SQLite refuses all but one at once
+    # ("database is locked", no busy wait), about one round in thirty before.
+    def open_migrate_close(path: Path) -> None:
+        store = SqliteStore(path)
+        try:
+            store.migrate()
+        finally:
+            store.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        for round_ in range(100):
+            path = tmp_path / f"new-{round_}.db"
+            list(pool.map(open_migrate_close, [path] * 8))
+            opened = SqliteStore(path)
+            try:
+                assert opened.count_records("t") == 0
+            finally:
+                opened.close()

@@ -249,6 +249,26 @@ _CHECKPOINT_EVERY = 0.25  # seconds of writes one background checkpoint takes in
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes a WAL file keeps once it starts over
 
 
+def _enter_wal(conn: sqlite3.Connection, limit: float) -> None:
+    """Switch the file to WAL mode (a no-op once it is), waiting out other openers.
+
+    Connections opening a new file at once each hold a read lock and ask for the write
+    lock the switch takes; SQLite tells all but one "database is locked" at once rather
+    than calling the busy handler (waiting would deadlock), so they try again.
+    """
+    deadline = time.monotonic() + limit
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 class _Checkpointer:
     """A thread that copies the WAL into the database file while writes go on.
 
@@ -368,7 +388,7 @@ class SqliteStore:
             # records splits fewer B-tree pages and writes fewer WAL frames than at the
             # 4 KiB default (about 10% less worker CPU per downloaded record).
             conn.execute("PRAGMA page_size=16384")
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(conn, self._busy_timeout)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA wal_autocheckpoint={_WRITER_CHECKPOINT_PAGES}")
