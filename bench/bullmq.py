@@ -99,7 +99,7 @@ class Window:
 
     def __post_init__(self) -> None:
         self._each = [cpu_seconds(pid) for pid in self.pids]
-        self._start = (sum(self._each), cpu_seconds(self.source_pid))
+        self._source = cpu_seconds(self.source_pid)
         self._machine = machine_ticks()
 
     def close(self) -> None:
@@ -107,7 +107,7 @@ class Window:
             cpu_seconds(pid) - before for pid, before in zip(self.pids, self._each, strict=True)
         ]
         self.worker_cpu = sum(self.per_worker_cpu)
-        self.source_cpu = cpu_seconds(self.source_pid) - self._start[1]
+        self.source_cpu = cpu_seconds(self.source_pid) - self._source
         busy, total = machine_ticks()
         self.busy_pct = 100 * (busy - self._machine[0]) / max(1, total - self._machine[1])
 
