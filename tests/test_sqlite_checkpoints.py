@@ -17,35 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from spinner_jobs.core.models import RecordTexts, Table, TableCheckpoint, Workbook
+from spinner_jobs.core.models import RecordTexts
 from spinner_jobs.store import sqlite as sqlite_module
 from spinner_jobs.store.sqlite import SqliteStore
+from tests.test_page_writes import prepare, write
 
 PAGE_RECORDS = 1000
 
 
-def prepare(store: SqliteStore) -> None:
-    store.put_workbook(
-        Workbook(
-            id="wb_ckpt",
-            organization_id="org_1",
-            name="checkpoints",
-            tables=[Table(id="tbl_ckpt", workbook_id="wb_ckpt", name="t", connector="demo")],
-        )
-    )
-    assert store.lock_tables(["tbl_ckpt"], "job_1") == {}
-
-
 def write_page(store: SqliteStore, page: int) -> None:
     """Page ``page``: 1,000 new records of about 250 bytes each."""
-    first = page * PAGE_RECORDS
-    ids = [f"r{first + i:08d}" for i in range(PAGE_RECORDS)]
-    texts = [json.dumps({"n": first + i, "filler": "x" * 200}) for i in range(PAGE_RECORDS)]
-    store.write_page(
-        store.lease("tbl_ckpt", "job_1"),
-        RecordTexts(ids, texts),
-        TableCheckpoint(cursor=str(page), records=first + PAGE_RECORDS, pages=page + 1),
-    )
+    ids = [f"r{page * PAGE_RECORDS + i:08d}" for i in range(PAGE_RECORDS)]
+    write(store, RecordTexts(ids, [json.dumps({"id": i, "filler": "x" * 200}) for i in ids]))
 
 
 def write_pages(store: SqliteStore, pages: int) -> None:
@@ -71,7 +54,7 @@ def test_writes_reach_the_database_file_without_the_writer_checkpointing(
                 "the pages are still only in the WAL"
             )
         time.sleep(0.05)
-    assert sqlite_store.count_records("tbl_ckpt") == 8 * PAGE_RECORDS
+    assert sqlite_store.count_records("tbl_pages") == 8 * PAGE_RECORDS
 
 
 def test_the_checkpoint_thread_runs_while_the_store_is_open_and_ends_with_it(
@@ -98,7 +81,7 @@ def test_a_store_written_after_close_checkpoints_again(tmp_path: Path) -> None:
         others = set(checkpoint_threads())
         write_pages(store, 1)
         assert len(set(checkpoint_threads()) - others) == 1
-        assert store.count_records("tbl_ckpt") == PAGE_RECORDS
+        assert store.count_records("tbl_pages") == PAGE_RECORDS
     finally:
         store.close()
 
@@ -117,7 +100,7 @@ def test_the_wal_starts_over_under_writes_that_never_pause(
         for page in range(24):  # about 6 MB of records, one page after another
             write_page(store, page)
             largest = max(largest, wal.stat().st_size)
-        assert store.count_records("tbl_ckpt") == 24 * PAGE_RECORDS
+        assert store.count_records("tbl_pages") == 24 * PAGE_RECORDS
     finally:
         store.close()
     # The WAL went back to its start instead of holding all 6 MB: 1 MB of frames before
